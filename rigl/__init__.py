@@ -1,0 +1,62 @@
+"""rigl: dynamic sparse training for TensorFlow 2 / Keras 3.
+
+A reproduction of "Rigging the Lottery: Making All Tickets Winners" (Evci, Gale, Menick,
+Castro, Elsen, ICML 2020, https://arxiv.org/abs/1911.11134).
+
+    model = rigl.sparsify(model, 0.9, "erk")
+    model.compile(...)
+    model.fit(ds, callbacks=[rigl.SparseTraining(rigl.RigL(), data=ds)])
+"""
+
+from rigl.callbacks import SparseTraining
+from rigl.distributions import DISTRIBUTIONS, layer_sparsities
+from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D
+from rigl.masking import (
+    get_masks,
+    masked_layers,
+    measured_sparsities,
+    sparsify,
+    strip,
+    total_sparsity,
+)
+from rigl.updaters import (
+    SET,
+    SNFS,
+    SNIP,
+    UPDATERS,
+    GradualPruning,
+    RigL,
+    Static,
+    Updater,
+    UpdateResult,
+    drop_and_grow,
+    get_updater,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "GradualPruning",
+    "MaskedConv2D",
+    "MaskedDense",
+    "MaskedDepthwiseConv2D",
+    "RigL",
+    "SET",
+    "SNFS",
+    "SNIP",
+    "SparseTraining",
+    "Static",
+    "UPDATERS",
+    "UpdateResult",
+    "Updater",
+    "drop_and_grow",
+    "get_masks",
+    "get_updater",
+    "layer_sparsities",
+    "masked_layers",
+    "measured_sparsities",
+    "sparsify",
+    "strip",
+    "total_sparsity",
+]

@@ -1,0 +1,109 @@
+"""``SparseTraining``: the Keras callback that makes ``model.fit`` train sparse."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from rigl.masking import measured_sparsities
+from rigl.updaters import Updater, UpdateResult
+
+
+class SparseTraining(keras.callbacks.Callback):
+    """Runs an updater's mask updates at its scheduled steps during ``model.fit``.
+
+    The step is read from ``optimizer.iterations`` (not the per-epoch ``batch`` index), so
+    resumed runs and ``steps_per_execution > 1`` stay on schedule: an update whose step
+    fell inside a multi-step execution runs at the start of the next one.
+
+    Example:
+        >>> updater = rigl.RigL(update_freq=100, drop_fraction=0.3)
+        >>> model.fit(train_ds, epochs=5,
+        ...           callbacks=[rigl.SparseTraining(updater, data=train_ds)])
+
+    Args:
+        updater: a ``rigl.Updater`` (Static, SET, SNFS, RigL, GradualPruning, SNIP).
+        data: training batches ``(x, y[, sample_weight])`` for updaters that need a gradient
+            (RigL, SNIP): a ``tf.data.Dataset`` (repeated and, under a strategy, distributed
+            here) or any iterable of batches.
+        loss_fn: ``loss_fn(y_true, y_pred)`` for those gradients; default: the compiled loss.
+        log_dir: if given, TensorBoard summaries of every layer's sparsity, the drop
+            fraction, the connections changed and the skipped updates are written there.
+        total_steps: training length, for the default ``end_step`` (75% of training); by
+            default taken from ``model.fit``'s epochs and steps per epoch.
+    """
+
+    def __init__(self, updater: Updater, data=None, loss_fn=None, log_dir: str | None = None,
+                 total_steps: int | None = None):
+        super().__init__()
+        if not isinstance(updater, Updater):
+            raise ValueError(f"updater: expected a rigl.Updater, got {type(updater).__name__}.")
+        if updater.needs_gradients and data is None:
+            raise ValueError(
+                f"data: {type(updater).__name__} grows by the dense gradient and needs training "
+                "batches; pass data=<the training dataset>."
+            )
+        self.updater = updater
+        self.data = data
+        self.loss_fn = loss_fn
+        self.log_dir = log_dir
+        self.total_steps = total_steps
+        self.history: list[UpdateResult] = []
+        self._writer = None
+        self._iterator = None
+
+    def _fit_steps(self) -> int | None:
+        params = self.params or {}
+        steps, epochs = params.get("steps"), params.get("epochs")
+        return steps * epochs if steps and epochs else None
+
+    def on_train_begin(self, logs=None):
+        total = self.total_steps or self._fit_steps()
+        self.updater.bind(self.model, self.model.optimizer, total_steps=total)
+        step = int(self.model.optimizer.iterations.numpy())
+        # Updates scheduled before the current step already happened (resumed training).
+        self._last_done = self.updater.last_update_step(step - 1)
+        if self.updater.needs_gradients:
+            self._iterator = self._batches()
+        if self.log_dir:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+            self._write_sparsity(step)
+
+    def _batches(self):
+        data = self.data
+        if isinstance(data, tf.data.Dataset):
+            strategy = self.model.distribute_strategy
+            data = strategy.experimental_distribute_dataset(data.repeat())
+        return iter(data)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        due = self.updater.last_update_step(step)
+        if due is None or (self._last_done is not None and due <= self._last_done):
+            return
+        self._last_done = due
+        batch_data = next(self._iterator) if self._iterator is not None else None
+        result = self.updater.update(due, batch=batch_data, loss_fn=self.loss_fn)
+        self.history.append(result)
+        if self._writer is not None:
+            self._write_update(result)
+
+    def _write_sparsity(self, step: int) -> None:
+        with self._writer.as_default(step=step):
+            for name, value in measured_sparsities(self.model).items():
+                tf.summary.scalar(f"sparsity/{name}", value)
+
+    def _write_update(self, result: UpdateResult) -> None:
+        with self._writer.as_default(step=result.step):
+            tf.summary.scalar("mask_update/drop_fraction", result.drop_fraction)
+            tf.summary.scalar("mask_update/connections_changed", sum(result.changed.values()))
+            for name, count in result.changed.items():
+                tf.summary.scalar(f"connections_changed/{name}", count)
+            tf.summary.scalar("mask_update/skipped_updates", self.updater.skipped_updates)
+        self._write_sparsity(result.step)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,199 @@
+"""Turning a Keras model sparse (``sparsify``), reading its masks, and exporting it (``strip``)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+
+import keras
+import numpy as np
+
+from rigl import distributions
+from rigl.layers import MASKED_TWINS, PLAIN_TWINS, is_masked
+
+
+def _walk(model) -> list:
+    """All layers of ``model``, descending into nested Sequential/functional models."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers.extend(_walk(layer))
+    return layers
+
+
+def masked_layers(model) -> list:
+    """The masked layers of ``model``, in model order (nested models included)."""
+    return [layer for layer in _walk(model) if is_masked(layer)]
+
+
+def get_masks(model) -> dict[str, np.ndarray]:
+    """Layer name -> mask (numpy) for every masked layer of ``model``."""
+    return {layer.name: keras.ops.convert_to_numpy(layer.mask) for layer in masked_layers(model)}
+
+
+def measured_sparsities(model) -> dict[str, float]:
+    """Layer name -> fraction of zeros in its mask, for every masked layer of ``model``."""
+    return {name: float(1.0 - mask.mean()) for name, mask in get_masks(model).items()}
+
+
+def total_sparsity(model) -> float:
+    """Fraction of zeros over all masks of ``model`` together."""
+    masks = list(get_masks(model).values())
+    if not masks:
+        raise ValueError("model: has no masked layers; call rigl.sparsify(model, ...) first.")
+    return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.size for m in masks)
+
+
+def _check_graph_model(model, param: str = "model") -> None:
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{param}: expected a keras.Model, got {type(model).__name__}.")
+    if not (isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
+        raise ValueError(
+            f"{param}: only Sequential and functional Keras models can be rewritten, got a "
+            f"subclassed model ({type(model).__name__}); build it with keras.Input instead."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{param}: the model is not built; give it an input shape (keras.Input) first."
+        )
+
+
+def _copy_weights(source, target) -> None:
+    """Copies kernel/bias (and every other weight) of ``source`` into layer ``target``."""
+    if is_masked(target) or is_masked(source):
+        src_kernel = source.masked_kernel if is_masked(source) else _plain_kernel(source)
+        dst_kernel = target.masked_kernel if is_masked(target) else _plain_kernel(target)
+        value = src_kernel.numpy()
+        if is_masked(source):
+            value = value * source.mask.numpy()
+        dst_kernel.assign(value)
+        if source.bias is not None:
+            target.bias.assign(source.bias)
+    elif source.weights:
+        target.set_weights(source.get_weights())
+
+
+def _plain_kernel(layer):
+    return layer.kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer._kernel
+
+
+def _rewrite(model, clone_layer):
+    """Clones ``model`` with ``clone_layer`` and copies every layer's weights over."""
+    clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    originals = {layer.name: layer for layer in _walk(model)}
+    for layer in _walk(clone):
+        if layer.weights and not isinstance(layer, keras.Model):
+            _copy_weights(originals[layer.name], layer)
+    return clone
+
+
+def _layer_seed(seed: int, name: str) -> list[int]:
+    # crc32 rather than hash(): Python's string hash changes from process to process, which
+    # would give different masks on different workers.
+    return [int(seed), zlib.crc32(name.encode("utf-8"))]
+
+
+def random_mask(shape, sparsity: float, seed: int, name: str) -> np.ndarray:
+    """A binary mask of ``shape`` with exactly ``num_zeros(sparsity, size)`` zeros.
+
+    The positions are uniformly random, drawn from ``(seed, crc32(name))`` so that every
+    process (replica, worker, resumed run) draws the same mask.
+    """
+    size = int(np.prod(shape))
+    rng = np.random.default_rng(_layer_seed(seed, name))
+    flat = np.ones(size, dtype=np.float32)
+    flat[rng.permutation(size)[: distributions.num_zeros(sparsity, size)]] = 0.0
+    return flat.reshape(shape)
+
+
+def _check_names(param: str, names: Iterable[str], known: list[str]) -> None:
+    for name in names:
+        if name not in known:
+            raise ValueError(
+                f"{param}: no maskable layer named {name!r}; maskable layers are {known}."
+            )
+
+
+def sparsify(
+    model,
+    sparsity: float,
+    distribution: str = "uniform",
+    custom_sparsity: Mapping[str, float] | None = None,
+    dense_layers: Iterable[str] = (),
+    erk_power_scale: float = 1.0,
+    seed: int = 0,
+):
+    """Returns a copy of ``model`` whose Dense/Conv2D/DepthwiseConv2D layers are masked.
+
+    Every maskable layer not named in ``dense_layers`` is replaced by its masked twin
+    (weights kept); layer ``l`` gets a random mask with exactly ``floor(s_l * N_l)`` zeros,
+    where ``s_l`` comes from ``rigl.layer_sparsities`` and ``N_l`` is its kernel size, and
+    its kernel is zeroed where the mask is zero. The copy is not compiled.
+
+    Example:
+        >>> sparse = rigl.sparsify(model, 0.9, "erk", dense_layers=["conv1"])
+
+    Args:
+        model: a built Sequential or functional Keras model (nested models are walked).
+        sparsity: target fraction of zeros, in [0, 1).
+        distribution: "uniform", "er" or "erk" (see ``rigl.layer_sparsities``).
+        custom_sparsity: layer name -> sparsity overriding the distribution for that layer.
+        dense_layers: names of maskable layers to leave as ordinary dense layers.
+        erk_power_scale: exponent applied to the ER/ERK raw densities.
+        seed: seed of the random masks (the same seed gives the same masks everywhere).
+
+    Raises:
+        ValueError: naming the argument, for a model that is not a built Sequential or
+            functional model or has no maskable layer, an unknown layer name, or a
+            sparsity/distribution the distributions module rejects.
+    """
+    _check_graph_model(model)
+    if isinstance(dense_layers, str):
+        raise ValueError(f"dense_layers: expected a list of layer names, got the string "
+                         f"{dense_layers!r}.")
+    dense_layers = list(dense_layers)
+    custom_sparsity = dict(custom_sparsity or {})
+    maskable = [layer for layer in _walk(model) if type(layer) in MASKED_TWINS]
+    names = [layer.name for layer in maskable]
+    _check_names("dense_layers", dense_layers, names)
+    _check_names("custom_sparsity", custom_sparsity, names)
+    both = sorted(set(dense_layers) & set(custom_sparsity))
+    if both:
+        raise ValueError(f"custom_sparsity: layers {both} are also in dense_layers.")
+    to_mask = [layer for layer in maskable if layer.name not in dense_layers]
+    if not to_mask:
+        raise ValueError(
+            "model: has no maskable layer (Dense, Conv2D or DepthwiseConv2D) left to sparsify"
+            + (f" once dense_layers={dense_layers} are excluded." if dense_layers else ".")
+        )
+    shapes = {layer.name: tuple(_plain_kernel(layer).shape) for layer in to_mask}
+    sparsities = distributions.layer_sparsities(
+        shapes, sparsity, distribution, custom_sparsity, erk_power_scale
+    )
+
+    def clone_layer(layer):
+        twin = MASKED_TWINS.get(type(layer)) if layer.name in sparsities else None
+        return (twin or type(layer)).from_config(layer.get_config())
+
+    sparse = _rewrite(model, clone_layer)
+    for layer in masked_layers(sparse):
+        mask = random_mask(layer.mask.shape, sparsities[layer.name], seed, layer.name)
+        layer.mask.assign(mask)
+        layer.masked_kernel.assign(layer.masked_kernel.numpy() * mask)
+    return sparse
+
+
+def strip(model):
+    """Returns a plain Keras copy of ``model``: masked layers become ordinary layers.
+
+    Kernels keep their values with masked-out weights at zero; nothing of rigl is needed to
+    load the result.
+    """
+    _check_graph_model(model)
+
+    def clone_layer(layer):
+        plain = PLAIN_TWINS.get(type(layer), type(layer))
+        return plain.from_config(layer.get_config())
+
+    return _rewrite(model, clone_layer)
