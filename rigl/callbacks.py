@@ -25,7 +25,8 @@ class SparseTraining(keras.callbacks.Callback):
         updater: a ``rigl.Updater`` (Static, SET, SNFS, RigL, GradualPruning, SNIP).
         data: training batches ``(x, y[, sample_weight])`` for updaters that need a gradient
             (RigL, SNIP): a ``tf.data.Dataset`` (repeated and, under a strategy, distributed
-            here) or any iterable of batches.
+            here), any iterable of batches, or a function of no argument returning the batch
+            to use (a custom loop passes the batch of the current step this way).
         loss_fn: ``loss_fn(y_true, y_pred)`` for those gradients; default: the compiled loss.
         log_dir: if given, TensorBoard summaries of every layer's sparsity, the drop
             fraction, the connections changed and the skipped updates are written there.
@@ -71,6 +72,8 @@ class SparseTraining(keras.callbacks.Callback):
 
     def _batches(self):
         data = self.data
+        if callable(data) and not isinstance(data, tf.data.Dataset):
+            return _Calls(data)
         if isinstance(data, tf.data.Dataset):
             strategy = self.model.distribute_strategy
             data = strategy.experimental_distribute_dataset(data.repeat())
@@ -107,3 +110,16 @@ class SparseTraining(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _Calls:
+    """An endless iterator over the results of calling ``fn``."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.fn()

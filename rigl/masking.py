@@ -34,7 +34,8 @@ def get_masks(model) -> dict[str, np.ndarray]:
 
 def measured_sparsities(model) -> dict[str, float]:
     """Layer name -> fraction of zeros in its mask, for every masked layer of ``model``."""
-    return {name: float(1.0 - mask.mean()) for name, mask in get_masks(model).items()}
+    return {name: 1.0 - float(np.mean(mask, dtype=np.float64))
+            for name, mask in get_masks(model).items()}
 
 
 def total_sparsity(model) -> float:

@@ -1,0 +1,278 @@
+"""Input pipelines through tensorflow-datasets (TFDS), one ``DataSpec`` per dataset name.
+
+Every pipeline is a deterministic function of (seed, position): the training stream is a
+seeded shuffle of the records repeated forever, augmentation draws stateless random numbers
+from (seed, example index), and a resumed run rebuilds the stream and skips the records it
+already consumed (before decoding, so skipping is cheap). Distributed iterators cannot be
+checkpointed in TF, so this is how the data position survives a restart.
+
+Datasets are read from TFDS's data_dir (its default honours ``TFDS_DATA_DIR``), never
+downloaded unless asked: machines here are offline, see ``scripts/prepare_data.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+BYTE_VOCAB = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What the training loop needs to know about a dataset.
+
+    Attributes:
+        name: dataset name.
+        task: "classification" (accuracy) or "language_model" (bits per character).
+        input_shape: shape of one input, without the batch dimension.
+        num_classes: number of classes (256 bytes for language models).
+        num_train_examples: examples (or sequences) in one training epoch.
+        train_fn: ``train_fn(input_context, per_replica_batch, skip_steps)`` -> an infinite
+            ``tf.data.Dataset`` of batches, skipping the first ``skip_steps`` global steps.
+        eval_fn: ``eval_fn(input_context, per_replica_batch)`` -> one pass over the test set.
+    """
+
+    name: str
+    task: str
+    input_shape: tuple
+    num_classes: int
+    num_train_examples: int
+    train_fn: Callable
+    eval_fn: Callable
+
+
+def _pipelines(ctx):
+    return (ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx else (1, 0)
+
+
+def _examples_per_pipeline_step(ctx, per_replica_batch: int) -> int:
+    if ctx is None:
+        return per_replica_batch
+    return per_replica_batch * ctx.num_replicas_in_sync // ctx.num_input_pipelines
+
+
+def _train_stream(records, ctx, per_replica_batch, skip_steps, seed, preprocess,
+                  shuffle_buffer, cache=False):
+    """Shard, shuffle (seeded, reshuffled every epoch), repeat, skip, augment, batch."""
+    num, index = _pipelines(ctx)
+    records = records.shard(num, index)
+    if cache:
+        records = records.cache()
+    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    records = records.repeat().enumerate()
+    records = records.skip(skip_steps * _examples_per_pipeline_step(ctx, per_replica_batch))
+    records = records.map(lambda i, r: preprocess(r, tf.stack([tf.cast(seed, tf.int64), i])),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return records.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _eval_stream(records, ctx, per_replica_batch, preprocess):
+    num, index = _pipelines(ctx)
+    records = records.shard(num, index).map(lambda r: preprocess(r, None),
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+    return records.batch(per_replica_batch).prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------------------- TFDS
+def _tfds_builder(name: str, data_dir: str | None, download: bool):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        if download:
+            builder.download_and_prepare()
+        else:
+            where = data_dir or tfds.core.constants.get_default_data_dir()
+            raise FileNotFoundError(
+                f"data_dir: TFDS dataset {name!r} is not prepared in {where!r}. Prepare it "
+                f"offline with `python scripts/prepare_data.py --dataset={name} "
+                f"--source_dir=<folder with the original files> --data_dir={where}` "
+                "(../shared/data holds them here), point TFDS_DATA_DIR or the gin binding "
+                "`dataset.data_dir` at the prepared folder, or bind `dataset.download=True` "
+                "on a machine with internet access."
+            )
+    return builder
+
+
+def _records(builder, split: str):
+    return builder.as_dataset(split=split, shuffle_files=False)
+
+
+def _num_examples(builder, split: str) -> int:
+    return int(builder.info.splits[split].num_examples)
+
+
+def _mnist_like(name, data_dir, download, seed):
+    builder = _tfds_builder(name, data_dir, download)
+
+    def preprocess(record, _seed):
+        return tf.cast(record["image"], tf.float32) / 255.0, tf.cast(record["label"], tf.int32)
+
+    return DataSpec(
+        name=name, task="classification", input_shape=(28, 28, 1), num_classes=10,
+        num_train_examples=_num_examples(builder, "train"),
+        train_fn=lambda ctx, batch, skip: _train_stream(
+            _records(builder, "train"), ctx, batch, skip, seed, preprocess, 60_000, cache=True),
+        eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
+                                                preprocess),
+    )
+
+
+def _cifar10(name, data_dir, download, seed):
+    builder = _tfds_builder("cifar10", data_dir, download)
+
+    def preprocess(record, rng_seed):
+        image = tf.cast(record["image"], tf.float32)
+        if rng_seed is not None:  # pad-4 random crop and horizontal flip (training only)
+            crop_seed, flip_seed = tf.unstack(
+                tf.random.experimental.stateless_split(rng_seed, 2))
+            image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+            image = tf.image.stateless_random_crop(image, (32, 32, 3), crop_seed)
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        image = tf.image.per_image_standardization(image)
+        return image, tf.cast(record["label"], tf.int32)
+
+    return DataSpec(
+        name=name, task="classification", input_shape=(32, 32, 3), num_classes=10,
+        num_train_examples=_num_examples(builder, "train"),
+        train_fn=lambda ctx, batch, skip: _train_stream(
+            _records(builder, "train"), ctx, batch, skip, seed, preprocess, 50_000, cache=True),
+        eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
+                                                preprocess),
+    )
+
+
+def _imagenet(name, data_dir, download, seed, image_size=224):
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder("imagenet2012", data_dir, download)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+
+    def train_image(encoded, rng_seed):
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(rng_seed, 2))
+        shape = tf.image.extract_jpeg_shape(encoded)
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape, tf.zeros([1, 0, 4]), seed=crop_seed, min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+            use_image_if_no_bounding_boxes=True)
+        y, x, _ = tf.unstack(begin)
+        h, w, _ = tf.unstack(size)
+        image = tf.image.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]), channels=3)
+        image = tf.image.resize(image, (image_size, image_size))
+        return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+    def eval_image(encoded):
+        # Center crop of 224/256 of the shorter side, as in the reference ResNet code.
+        shape = tf.image.extract_jpeg_shape(encoded)
+        h, w = shape[0], shape[1]
+        side = tf.cast(0.875 * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+        window = tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
+        image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+        return tf.image.resize(image, (image_size, image_size))
+
+    def preprocess(record, rng_seed):
+        encoded = record["image"]
+        image = train_image(encoded, rng_seed) if rng_seed is not None else eval_image(encoded)
+        return (image - mean) / std, tf.cast(record["label"], tf.int32)
+
+    def records(split):
+        return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+
+    return DataSpec(
+        name=name, task="classification", input_shape=(image_size, image_size, 3),
+        num_classes=1000, num_train_examples=_num_examples(builder, "train"),
+        train_fn=lambda ctx, batch, skip: _train_stream(
+            records("train"), ctx, batch, skip, seed, preprocess, 10_000),
+        eval_fn=lambda ctx, batch: _eval_stream(records("validation"), ctx, batch, preprocess),
+    )
+
+
+# ---------------------------------------------------------------- character-level LM
+def _byte_windows(text: tf.Tensor, seq_len: int) -> tf.data.Dataset:
+    """Non-overlapping windows of ``seq_len + 1`` bytes of ``text`` (vocabulary 256)."""
+    ids = tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32)
+    return tf.data.Dataset.from_tensor_slices(ids).batch(seq_len + 1, drop_remainder=True)
+
+
+def _language_model(name, split_texts: dict[str, Callable[[], tf.Tensor]], seq_len: int,
+                    seed: int) -> DataSpec:
+    def preprocess(window, _seed):
+        return window[:-1], window[1:]
+
+    def windows(split):
+        return _byte_windows(split_texts[split](), seq_len)
+
+    num_train = int(windows("train").cardinality().numpy())
+    return DataSpec(
+        name=name, task="language_model", input_shape=(seq_len,), num_classes=BYTE_VOCAB,
+        num_train_examples=num_train,
+        train_fn=lambda ctx, batch, skip: _train_stream(
+            windows("train"), ctx, batch, skip, seed, preprocess, 10_000, cache=True),
+        eval_fn=lambda ctx, batch: _eval_stream(windows("test"), ctx, batch, preprocess),
+    )
+
+
+def _tiny_shakespeare(name, data_dir, download, seed, seq_len=512):
+    builder = _tfds_builder("tiny_shakespeare", data_dir, download)
+
+    def text(split):
+        return lambda: next(iter(_records(builder, split)))["text"]
+
+    return _language_model(name, {s: text(s) for s in ("train", "test")}, seq_len, seed)
+
+
+def _wikitext103(name, data_dir, download, seed, seq_len=512, wikitext_dir=None):
+    if not wikitext_dir or not os.path.isdir(wikitext_dir):
+        raise FileNotFoundError(
+            f"dataset.wikitext_dir: {wikitext_dir!r} is not a folder; bind it to the folder "
+            "holding the raw WikiText-103 files wiki.train.raw and wiki.test.raw "
+            "(wikitext-103-raw from the dataset's authors)."
+        )
+    files = {"train": "wiki.train.raw", "test": "wiki.test.raw"}
+
+    def text(split):
+        return lambda: tf.io.read_file(os.path.join(wikitext_dir, files[split]))
+
+    return _language_model(name, {s: text(s) for s in files}, seq_len, seed)
+
+
+DATASETS = {
+    "mnist": _mnist_like,
+    "fashion_mnist": _mnist_like,
+    "cifar10": _cifar10,
+    "imagenet2012": _imagenet,
+    "tiny_shakespeare": _tiny_shakespeare,
+    "wikitext103": _wikitext103,
+}
+
+
+def get_dataset(name: str, data_dir: str | None = None, download: bool = False, seed: int = 0,
+                **options) -> DataSpec:
+    """The ``DataSpec`` of dataset ``name`` (see ``DATASETS``).
+
+    Args:
+        name: dataset name.
+        data_dir: TFDS data_dir; None means TFDS's default (``TFDS_DATA_DIR`` if set).
+        download: let TFDS download and prepare the dataset if missing (needs internet).
+        seed: seed of the shuffle and of the augmentation.
+        **options: dataset options: ``image_size`` (imagenet2012), ``seq_len`` (language
+            models), ``wikitext_dir`` (wikitext103).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {sorted(DATASETS)}.")
+    loader = DATASETS[name]
+    accepted = list(inspect.signature(loader).parameters)[4:]
+    for option in options:
+        if option not in accepted:
+            raise ValueError(f"dataset.{option}: not an option of dataset {name!r}; its options "
+                             f"are {accepted}.")
+    return loader(name, data_dir, download, seed, **options)

@@ -1,0 +1,294 @@
+"""The one training loop of every experiment, configured with gin.
+
+A custom loop (``strategy.run`` inside ``tf.function``, datasets from
+``distribute_datasets_from_function``, ``tf.nn.compute_average_loss``, the Keras optimizer's
+``apply_gradients``) rather than ``model.fit``, because Keras 3's ``fit`` fails under
+``MultiWorkerMirroredStrategy`` (keras-team/keras#20585). Mask updates go through the same
+``rigl.SparseTraining`` callback ``model.fit`` users use, driven by a
+``keras.callbacks.CallbackList``, so both paths share one mechanism.
+
+Gin names (bind them in configs or with ``--gin_bindings``):
+
+* ``training.*``: dataset, model, method, sparsity, distribution, custom_sparsity,
+  dense_layers, erk_power_scale, train_steps / epochs, multiplier, batch_size, eval_batch_size,
+  eval_every_steps, checkpoint_every_steps, log_every_steps, seed, strategy, deterministic;
+* ``updater.*``: update_freq, begin_step, end_step, drop_fraction, drop_fraction_decay,
+  decay_power, grow_init, initial_sparsity (gradual pruning);
+* ``optimizer.*``, ``learning_rate.*``, ``dataset.*`` (data_dir, download, image_size,
+  seq_len, wikitext_dir), ``model.*`` (width, weight_decay), ``strategy.*`` (devices,
+  logical_cpus, tpu_address).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import rigl
+from rigl.experiments import data, models, optim, strategies
+
+METHODS = ("dense", "static", "snip", "set", "snfs", "rigl", "prune")
+DENSE_TO_SPARSE = ("snip", "prune")
+
+get_dataset = gin.external_configurable(data.get_dataset, "dataset",
+                                        denylist=["name", "seed"])
+build_model = gin.external_configurable(models.build_model, "model",
+                                        denylist=["name", "input_shape", "num_classes"])
+make_optimizer = gin.external_configurable(optim.make_optimizer, "optimizer",
+                                           denylist=["learning_rate"])
+make_schedule = gin.external_configurable(
+    optim.make_schedule, "learning_rate",
+    denylist=["total_steps", "steps_per_epoch", "global_batch_size", "multiplier"])
+make_strategy = gin.external_configurable(strategies.make_strategy, "strategy",
+                                          denylist=["name"])
+
+
+@gin.configurable("updater")
+def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale, seed,
+                 multiplier=1.0, update_freq=100, begin_step=0, end_step=None,
+                 drop_fraction=0.3, drop_fraction_decay="cosine", decay_power=1.0,
+                 grow_init="zeros", initial_sparsity=0.0):
+    """The updater of ``method`` (None for dense); its step anchors scale with ``multiplier``."""
+    scale = lambda s: None if s is None else round(s * multiplier)  # noqa: E731
+    schedule = dict(update_freq=update_freq, begin_step=scale(begin_step),
+                    end_step=scale(end_step), seed=seed)
+    targets = dict(sparsity=sparsity, distribution=distribution,
+                   custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale)
+    if method == "dense":
+        return None
+    if method == "static":
+        return rigl.Static(seed=seed)
+    if method == "prune":
+        return rigl.GradualPruning(initial_sparsity=initial_sparsity, **targets, **schedule)
+    if method == "snip":
+        return rigl.SNIP(begin_step=scale(begin_step), seed=seed, **targets)
+    return rigl.get_updater(method, drop_fraction=drop_fraction,
+                            drop_fraction_decay=drop_fraction_decay, decay_power=decay_power,
+                            grow_init=grow_init, **schedule)
+
+
+def _loss_terms(task: str, labels, logits):
+    """Per-example loss (nats; mean over positions for language models) and correct count."""
+    xent = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    if task == "language_model":
+        return tf.reduce_mean(xent, axis=-1), tf.reduce_sum(correct)
+    return xent, tf.reduce_sum(correct)
+
+
+def _output_dir(workdir: str, strategy) -> str:
+    if strategies.is_chief(strategy):
+        return workdir
+    # Non-chief workers must take part in checkpointing but must not overwrite the chief.
+    return os.path.join(workdir, "workers", strategies.task_name(strategy))
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+@gin.configurable("training", denylist=["workdir"])
+def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
+          method: str = "rigl", sparsity: float = 0.9, distribution: str = "uniform",
+          custom_sparsity=None, dense_layers=(), erk_power_scale: float = 1.0,
+          train_steps: int | None = None, epochs: float | None = None,
+          multiplier: float = 1.0, batch_size: int = 100, eval_batch_size: int = 1000,
+          eval_every_steps: int | None = None, checkpoint_every_steps: int = 1000,
+          log_every_steps: int = 100, seed: int = 0, strategy: str = "default",
+          deterministic: bool = False, verbose: int | None = None) -> dict:
+    """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
+
+    Started again with the same workdir, it resumes from the last checkpoint.
+
+    Args:
+        workdir: output folder (checkpoints, logs, model, results).
+        dataset, model: names from ``rigl.experiments.data.DATASETS`` / ``models.MODELS``.
+        method: one of ``METHODS``: dense, static, snip, set, snfs, rigl, prune.
+        sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale: the sparsity
+            (see ``rigl.sparsify``); ignored... never: dense runs reject a custom map.
+        train_steps / epochs: training length (exactly one), before ``multiplier``.
+        multiplier: the paper's "Mx" runs: steps, LR anchors and update steps scale by it.
+        batch_size, eval_batch_size: global batch sizes.
+        eval_every_steps: evaluate on the test set every so many steps (and at the end).
+        checkpoint_every_steps, log_every_steps: checkpoint and summary periods.
+        seed: seed of weights, masks, data order and augmentation.
+        strategy: "default", "mirrored", "multi_worker" or "tpu" (options: ``strategy.*``).
+        deterministic: enable TF op determinism (bit-identical reruns on CPU).
+        verbose: 1 progress bar, 2 one line per log period, 0 silent; default: 1 on a
+            terminal, else 2.
+    """
+    if method not in METHODS:
+        raise ValueError(f"training.method: unknown {method!r}; allowed: {METHODS}.")
+    if (train_steps is None) == (epochs is None):
+        raise ValueError("training.train_steps / training.epochs: set exactly one of them.")
+    if method == "dense" and (custom_sparsity or dense_layers):
+        raise ValueError("training.custom_sparsity / dense_layers: a dense run has no masks.")
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    dist = make_strategy(strategy)  # first: may configure logical devices
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    spec = get_dataset(dataset, seed=seed)
+    steps_per_epoch = max(1, spec.num_train_examples // batch_size)
+    base_steps = train_steps if train_steps is not None else epochs * steps_per_epoch
+    total_steps = int(round(base_steps * multiplier))
+    out_dir = _output_dir(workdir, dist)
+    os.makedirs(out_dir, exist_ok=True)
+
+    with dist.scope():
+        net = build_model(model, spec.input_shape, spec.num_classes)
+        if method != "dense":
+            net = rigl.sparsify(
+                net, 0.0 if method in DENSE_TO_SPARSE else sparsity, distribution,
+                custom_sparsity, dense_layers, erk_power_scale, seed)
+        schedule = make_schedule(total_steps, steps_per_epoch, batch_size, multiplier)
+        opt = make_optimizer(schedule)
+        # compile() only attaches the optimizer and the loss RigL/SNIP take gradients of.
+        net.compile(optimizer=opt,
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        opt.build(net.trainable_variables)
+        elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    updater = make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale,
+                           seed, multiplier)
+    if strategies.is_chief(dist):
+        with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+
+    checkpoint = tf.train.Checkpoint(model=net, optimizer=opt, train_seconds=elapsed)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, "checkpoints"),
+                                         max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s", manager.latest_checkpoint)
+    start_step = int(opt.iterations.numpy())
+
+    train_data = dist.distribute_datasets_from_function(
+        lambda ctx: spec.train_fn(ctx, ctx.get_per_replica_batch_size(batch_size), start_step))
+    batches = iter(train_data)
+    current = {}
+    callbacks = []
+    if updater is not None:
+        callbacks.append(rigl.SparseTraining(
+            updater, data=lambda: current["batch"], total_steps=total_steps,
+            log_dir=os.path.join(out_dir, "logs", "train")))
+    callback_list = keras.callbacks.CallbackList(callbacks, model=net)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True)
+            per_example, correct = _loss_terms(spec.task, y, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch_size)
+            if net.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
+        grads = tape.gradient(loss, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        return loss, correct
+
+    @tf.function
+    def train_step(batch):
+        loss, correct = dist.run(replica_step, args=batch)
+        return (dist.reduce("SUM", loss, axis=None), dist.reduce("SUM", correct, axis=None))
+
+    evaluate = _make_evaluator(spec, net, dist, eval_batch_size)
+    writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "eval"))
+    progbar = keras.utils.Progbar(total_steps, verbose=verbose, unit_name="step")
+    examples_per_step = batch_size * (spec.input_shape[0] if spec.task == "language_model"
+                                      else 1)
+
+    callback_list.on_train_begin()
+    step, started = start_step, time.time()
+    base_seconds = float(elapsed.numpy())
+    while step < total_steps:
+        current["batch"] = next(batches)
+        callback_list.on_train_batch_begin(step)
+        loss, correct = train_step(current["batch"])
+        step += 1
+        if step % log_every_steps == 0 or step == total_steps:
+            loss, accuracy = float(loss), float(correct) / examples_per_step
+            lr = float(opt.learning_rate)
+            with writer.as_default(step=step):
+                tf.summary.scalar("loss", loss)
+                tf.summary.scalar("accuracy", accuracy)
+                tf.summary.scalar("learning_rate", lr)
+            progbar.update(step, [("loss", loss), ("accuracy", accuracy), ("lr", lr)])
+        callback_list.on_train_batch_end(step - 1)
+        if step % checkpoint_every_steps == 0 or step == total_steps:
+            elapsed.assign(base_seconds + time.time() - started)
+            manager.save(checkpoint_number=step)
+        if eval_every_steps and step % eval_every_steps == 0 and step < total_steps:
+            _write_eval(eval_writer, step, evaluate())
+    callback_list.on_train_end()
+    elapsed.assign(base_seconds + time.time() - started)
+    metrics = evaluate()
+    _write_eval(eval_writer, step, metrics)
+
+    net.save(os.path.join(out_dir, "model.keras"))
+    masked = rigl.masked_layers(net)
+    results = {
+        "dataset": dataset, "model": model, "method": method,
+        "distribution": distribution if method != "dense" else None,
+        "sparsity": sparsity if method != "dense" else 0.0,
+        "measured_sparsity": rigl.total_sparsity(net) if masked else 0.0,
+        "layer_sparsity": rigl.measured_sparsities(net),
+        "steps": step, "multiplier": multiplier, "batch_size": batch_size,
+        "train_seconds": float(elapsed.numpy()), "seed": seed, "strategy": strategy,
+        "num_replicas": dist.num_replicas_in_sync,
+        "skipped_mask_updates": updater.skipped_updates if updater else 0,
+        "gin_config": gin.operative_config_str(),
+        **metrics,
+    }
+    if strategies.is_chief(dist):
+        _write_json(os.path.join(workdir, "results.json"), results)
+        metric = ("test_accuracy", "test accuracy") if "test_accuracy" in metrics else (
+            "test_bits_per_char", "test bits/char")
+        print(f"{method} {model} on {dataset}: {metric[1]} {metrics[metric[0]]:.4f}, "
+              f"sparsity {results['measured_sparsity']:.4f} (target {results['sparsity']}), "
+              f"{step} steps, {results['train_seconds']:.1f}s train -> {workdir}")
+    return results
+
+
+def _make_evaluator(spec, net, dist, eval_batch_size):
+    def replica_eval(x, y):
+        logits = net(x, training=False)
+        per_example, correct = _loss_terms(spec.task, y, logits)
+        count = tf.cast(tf.size(y), tf.float32)
+        return tf.reduce_sum(per_example) * (count / tf.cast(tf.shape(y)[0], tf.float32)), \
+            correct, count
+
+    @tf.function
+    def eval_step(batch):
+        return [dist.reduce("SUM", v, axis=None) for v in dist.run(replica_eval, args=batch)]
+
+    def evaluate() -> dict:
+        test = dist.distribute_datasets_from_function(
+            lambda ctx: spec.eval_fn(ctx, ctx.get_per_replica_batch_size(eval_batch_size)))
+        totals = np.zeros(3)
+        for batch in test:
+            totals += [float(v) for v in eval_step(batch)]
+        loss_sum, correct, count = totals
+        if spec.task == "language_model":
+            return {"test_bits_per_char": loss_sum / count / np.log(2.0),
+                    "test_loss": loss_sum / count}
+        return {"test_accuracy": correct / count, "test_loss": loss_sum / count}
+
+    return evaluate
+
+
+def _write_eval(writer, step, metrics):
+    with writer.as_default(step=step):
+        for name, value in metrics.items():
+            tf.summary.scalar(name, value)
+    writer.flush()
