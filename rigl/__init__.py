@@ -33,6 +33,10 @@ from rigl.updaters import (
     get_updater,
 )
 
+# Registers the experiments' learning-rate schedule, so that models saved by
+# scripts/train.py load with keras.saving.load_model after `import rigl`.
+from rigl.experiments import optim as _optim  # noqa: E402,F401
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -38,6 +38,24 @@ def measured_sparsities(model) -> dict[str, float]:
             for name, mask in get_masks(model).items()}
 
 
+def replica_mismatches(model) -> list[str]:
+    """Names of masked layers whose mask differs between the local replicas of a strategy.
+
+    Always empty without a distribution strategy; a non-empty list means the replicas train
+    different networks.
+    """
+    mismatched = []
+    for layer in masked_layers(model):
+        variable = getattr(layer.mask, "value", layer.mask)
+        strategy = getattr(variable, "_distribute_strategy", None)
+        if strategy is None:
+            continue
+        copies = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
+        if any(not np.array_equal(copies[0], c) for c in copies[1:]):
+            mismatched.append(layer.name)
+    return mismatched
+
+
 def total_sparsity(model) -> float:
     """Fraction of zeros over all masks of ``model`` together."""
     masks = list(get_masks(model).values())

@@ -247,6 +247,7 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
         "train_seconds": float(elapsed.numpy()), "seed": seed, "strategy": strategy,
         "num_replicas": dist.num_replicas_in_sync,
         "skipped_mask_updates": updater.skipped_updates if updater else 0,
+        "replica_mask_mismatches": rigl.masking.replica_mismatches(net),
         "gin_config": gin.operative_config_str(),
         **metrics,
     }

@@ -1,0 +1,203 @@
+"""The experiment pipeline on real MNIST prepared offline from ../shared/data."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import gin
+import keras
+import numpy as np
+import pytest
+
+import rigl
+from rigl.experiments import prepare, training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+BASE_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300.gin")
+DEFAULT_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300_rigl.gin")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir with MNIST prepared offline from ../shared/data/mnist."""
+    source = os.path.join(SHARED, "mnist")
+    if not os.path.isdir(source):
+        if os.environ.get("RIGL_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"{source} is missing (RIGL_REQUIRE_SHARED_DATA is set)")
+        pytest.skip(f"{source} is missing")
+    path = os.environ.get("RIGL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    prepare.prepare("mnist", source, path)
+    return path
+
+
+def _run(workdir, data_dir, bindings, config=BASE_CONFIG):
+    gin.clear_config()
+    gin.parse_config_files_and_bindings(
+        [config], [f"dataset.data_dir={data_dir!r}", "training.verbose=0", *bindings])
+    try:
+        return training.train(str(workdir))
+    finally:
+        gin.clear_config()
+
+
+def _script(workdir, data_dir, bindings, env=None, config=BASE_CONFIG, **kwargs):
+    command = [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+               f"--gin_config={config}", f"--workdir={workdir}",
+               f"--gin_bindings=dataset.data_dir={data_dir!r}", "--gin_bindings=training.verbose=0",
+               *[f"--gin_bindings={b}" for b in bindings]]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _finish(process, timeout=300):
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+SHORT = ["training.epochs=None", "training.train_steps=120", "updater.update_freq=20",
+         "training.checkpoint_every_steps=40"]
+
+
+def test_prepare_mnist_offline(data_dir):
+    import tensorflow_datasets as tfds
+
+    train = tfds.load("mnist", split="train", data_dir=data_dir, download=False)
+    test = tfds.load("mnist", split="test", data_dir=data_dir, download=False)
+    assert (len(train), len(test)) == (60_000, 10_000)
+    # Preparing again finds the dataset and leaves it alone.
+    assert prepare.prepare("mnist", os.path.join(SHARED, "mnist"), data_dir).endswith("3.0.1")
+
+
+def test_prepare_names_missing_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source_dir"):
+        prepare.prepare("mnist", str(tmp_path), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="dataset"):
+        prepare.prepare("svhn", str(tmp_path), str(tmp_path / "out"))
+
+
+def test_default_config_reaches_97_percent(data_dir, tmp_path):
+    """The acceptance run: LeNet-300-100, RigL, 90% sparsity, 5 epochs of real MNIST."""
+    results = _run(tmp_path, data_dir, [], config=DEFAULT_CONFIG)
+    assert results["test_accuracy"] >= 0.97
+    assert abs(results["measured_sparsity"] - 0.9) <= 0.001
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for field in ("dataset", "model", "method", "distribution", "sparsity",
+                  "measured_sparsity", "steps", "test_accuracy", "train_seconds", "seed",
+                  "gin_config"):
+        assert field in saved, field
+    assert saved["steps"] == 3000 and saved["method"] == "rigl" and saved["dataset"] == "mnist"
+    assert "training.method = 'rigl'" in saved["gin_config"]
+    assert (tmp_path / "operative_config.gin").exists()
+    assert any((tmp_path / "logs" / "train").iterdir())
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert rigl.total_sparsity(model) == pytest.approx(0.9, abs=1e-3)
+
+
+@pytest.mark.parametrize("method", training.METHODS)
+def test_method_swap_by_one_binding(data_dir, tmp_path, method):
+    results = _run(tmp_path, data_dir, [*SHORT, f"training.method={method!r}"])
+    assert results["method"] == method
+    assert results["test_accuracy"] > 0.5
+    if method == "dense":
+        assert results["measured_sparsity"] == 0.0
+    else:
+        assert results["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+@pytest.mark.parametrize("binding, name", [
+    ("training.method='sett'", "sett"),
+    ("training.dataset='mnistt'", "mnistt"),
+    ("training.model='lenet301'", "lenet301"),
+])
+def test_unknown_names_fail_with_the_name(data_dir, tmp_path, binding, name):
+    with pytest.raises(ValueError, match=name):
+        _run(tmp_path, data_dir, [binding])
+
+
+def test_typo_in_binding_fails_at_start(data_dir, tmp_path):
+    output = _finish_fail(_script(tmp_path, data_dir, ["training.methd='set'"]))
+    assert "methd" in output
+
+
+def _finish_fail(process):
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    return output
+
+
+def test_missing_data_dir_says_how_to_prepare(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prepare_data.py"):
+        _run(tmp_path / "run", str(tmp_path / "empty"), [])
+
+
+def test_mirrored_two_replicas_identical_masks(data_dir, tmp_path):
+    _finish(_script(tmp_path, data_dir, [
+        *SHORT, "training.strategy='mirrored'", "strategy.logical_cpus=2",
+        "strategy.devices=['/cpu:0', '/cpu:1']"]))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["num_replicas"] == 2
+    assert results["replica_mask_mismatches"] == []
+    assert results["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_two_processes_identical(data_dir, tmp_path):
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(_script(tmp_path, data_dir, [*SHORT, "training.strategy='multi_worker'"],
+                                 env={"TF_CONFIG": json.dumps(config)}))
+    for process in processes:
+        _finish(process)
+    chief = keras.saving.load_model(tmp_path / "model.keras")
+    other = keras.saving.load_model(tmp_path / "workers" / "worker_1" / "model.keras")
+    initial = rigl.sparsify(training.build_model("lenet300_100", (28, 28, 1), 10), 0.9)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(rigl.get_masks(initial).values(), rigl.get_masks(chief).values()))
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["num_replicas"] == 2
+
+
+def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
+    bindings = ["training.epochs=None", "training.train_steps=240", "updater.update_freq=20",
+                "training.checkpoint_every_steps=40", "training.deterministic=True",
+                "training.log_every_steps=20"]
+    _finish(_script(tmp_path / "straight", data_dir, bindings))
+
+    resumed = tmp_path / "resumed"
+    process = _script(resumed, data_dir, bindings)
+    checkpoints = resumed / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if checkpoints.exists() and any(p.name.startswith("ckpt-80") for p in
+                                        checkpoints.iterdir()):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "results.json").exists()
+    output = _finish(_script(resumed, data_dir, bindings))
+    assert "Resumed from" in output
+
+    straight = keras.saving.load_model(tmp_path / "straight" / "model.keras")
+    again = keras.saving.load_model(resumed / "model.keras")
+    for name, mask in rigl.get_masks(straight).items():
+        np.testing.assert_array_equal(mask, rigl.get_masks(again)[name], err_msg=name)
+    for a, b in zip(straight.get_weights(), again.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
