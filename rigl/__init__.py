@@ -10,6 +10,10 @@ Castro, Elsen, ICML 2020, https://arxiv.org/abs/1911.11134).
 
 from rigl.callbacks import SparseTraining
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
+
+# Registers the experiments' learning-rate schedule, so that models saved by
+# scripts/train.py load with keras.saving.load_model after `import rigl`.
+from rigl.experiments import optim as _optim  # noqa: E402,F401
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D
 from rigl.masking import (
     get_masks,
@@ -32,10 +36,6 @@ from rigl.updaters import (
     drop_and_grow,
     get_updater,
 )
-
-# Registers the experiments' learning-rate schedule, so that models saved by
-# scripts/train.py load with keras.saving.load_model after `import rigl`.
-from rigl.experiments import optim as _optim  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

@@ -244,7 +244,7 @@ class Updater(abc.ABC):
         self._gradient_fns = {}
         return self
 
-    def _on_bind(self, layers) -> None:
+    def _on_bind(self, layers) -> None:  # noqa: B027 (optional hook, empty by default)
         """Hook for subclasses that derive per-layer constants from the model."""
 
     def _initial_draw(self, layer):

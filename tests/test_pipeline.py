@@ -24,14 +24,14 @@ DEFAULT_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300_rigl.gin")
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A TFDS data_dir with MNIST prepared offline from ../shared/data/mnist."""
-    source = os.path.join(SHARED, "mnist")
-    if not os.path.isdir(source):
+    """A TFDS data_dir with MNIST and tiny-shakespeare prepared offline from ../shared/data."""
+    if not os.path.isdir(SHARED):
         if os.environ.get("RIGL_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"{source} is missing (RIGL_REQUIRE_SHARED_DATA is set)")
-        pytest.skip(f"{source} is missing")
+            pytest.fail(f"{SHARED} is missing (RIGL_REQUIRE_SHARED_DATA is set)")
+        pytest.skip(f"{SHARED} is missing")
     path = os.environ.get("RIGL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
-    prepare.prepare("mnist", source, path)
+    for name in ("mnist", "tiny_shakespeare"):
+        prepare.prepare(name, os.path.join(SHARED, name), path)
     return path
 
 
@@ -109,6 +109,18 @@ def test_method_swap_by_one_binding(data_dir, tmp_path, method):
         assert results["measured_sparsity"] == 0.0
     else:
         assert results["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_character_language_model_reports_bits_per_char(data_dir, tmp_path):
+    results = _run(tmp_path, data_dir, [
+        "training.dataset='tiny_shakespeare'", "training.model='char_gru'", "model.width=0.125",
+        "dataset.seq_len=32", "training.epochs=None", "training.train_steps=30",
+        "training.batch_size=16", "training.eval_batch_size=512", "training.sparsity=0.75",
+        "updater.update_freq=10", "optimizer.name='adam'", "learning_rate.base=0.02"])
+    assert "test_accuracy" not in results
+    # Uniform over 256 bytes is 8 bits/char; a few steps already learn byte frequencies.
+    assert 0.0 < results["test_bits_per_char"] < 6.5
+    assert results["measured_sparsity"] == pytest.approx(0.75, abs=1e-3)
 
 
 @pytest.mark.parametrize("binding, name", [

@@ -54,7 +54,8 @@ def test_last_update_step_with_include_end_step(step, expected):
     include_end=st.booleans(),
     step=st.integers(-5, 250),
 )
-def test_last_update_step_is_latest_update_step_at_or_before(freq, begin, length, include_end, step):
+def test_last_update_step_is_latest_update_step_at_or_before(freq, begin, length, include_end,
+                                                             step):
     schedule = UpdateSchedule(freq, begin, begin + length, include_end)
     brute = [t for t in range(0, step + 1) if schedule.is_update_step(t)]
     assert schedule.last_update_step(step) == (brute[-1] if brute else None)

@@ -588,8 +588,19 @@ def test_gradual_pruning_follows_polynomial_schedule(end_step, updates):
             if dropped.any():
                 assert np.abs(old_w[name][kept]).min() >= np.abs(old_w[name][dropped]).max()
     assert done == updates
-    for name, mask in rigl.get_masks(model).items():
+    for mask in rigl.get_masks(model).values():
         assert (mask == 0).sum() == num_zeros(0.8, mask.size) == int(0.8 * mask.size)
+
+
+@pytest.mark.parametrize("sparsity", [0.29, 0.57, 0.7, 0.9, 0.99])
+def test_gradual_pruning_final_count_is_float_robust(sparsity):
+    model = rigl.sparsify(dense_mlp(), 0.0)
+    updater = rigl.GradualPruning(sparsity=sparsity, update_freq=1, end_step=2).bind(
+        model, built_optimizer(model, "sgd"))
+    for step in range(3):
+        assert updater.maybe_update(step) is not None
+    for name, mask in rigl.get_masks(model).items():
+        assert (mask == 0).sum() == num_zeros(sparsity, mask.size), name
 
 
 def test_gradual_pruning_erk_targets():

@@ -109,11 +109,27 @@ def _num_examples(builder, split: str) -> int:
     return int(builder.info.splits[split].num_examples)
 
 
+def mnist_preprocess(record, _seed):
+    """Pixels scaled to [0, 1]; no augmentation."""
+    return tf.cast(record["image"], tf.float32) / 255.0, tf.cast(record["label"], tf.int32)
+
+
+def cifar_preprocess(record, rng_seed):
+    """Per-image standardisation; for training (``rng_seed`` given) first a random crop of
+    the 4-pixel zero-padded image and a random horizontal flip, drawn from ``rng_seed``."""
+    image = tf.cast(record["image"], tf.float32)
+    if rng_seed is not None:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(rng_seed, 2))
+        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+        image = tf.image.stateless_random_crop(image, (32, 32, 3), crop_seed)
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = tf.image.per_image_standardization(image)
+    return image, tf.cast(record["label"], tf.int32)
+
+
 def _mnist_like(name, data_dir, download, seed):
     builder = _tfds_builder(name, data_dir, download)
-
-    def preprocess(record, _seed):
-        return tf.cast(record["image"], tf.float32) / 255.0, tf.cast(record["label"], tf.int32)
+    preprocess = mnist_preprocess
 
     return DataSpec(
         name=name, task="classification", input_shape=(28, 28, 1), num_classes=10,
@@ -127,17 +143,7 @@ def _mnist_like(name, data_dir, download, seed):
 
 def _cifar10(name, data_dir, download, seed):
     builder = _tfds_builder("cifar10", data_dir, download)
-
-    def preprocess(record, rng_seed):
-        image = tf.cast(record["image"], tf.float32)
-        if rng_seed is not None:  # pad-4 random crop and horizontal flip (training only)
-            crop_seed, flip_seed = tf.unstack(
-                tf.random.experimental.stateless_split(rng_seed, 2))
-            image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
-            image = tf.image.stateless_random_crop(image, (32, 32, 3), crop_seed)
-            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-        image = tf.image.per_image_standardization(image)
-        return image, tf.cast(record["label"], tf.int32)
+    preprocess = cifar_preprocess
 
     return DataSpec(
         name=name, task="classification", input_shape=(32, 32, 3), num_classes=10,
@@ -149,11 +155,13 @@ def _cifar10(name, data_dir, download, seed):
     )
 
 
-def _imagenet(name, data_dir, download, seed, image_size=224):
-    import tensorflow_datasets as tfds
+def imagenet_preprocessor(image_size: int = 224):
+    """ImageNet preprocessing of a record holding the encoded JPEG.
 
-    builder = _tfds_builder("imagenet2012", data_dir, download)
-    decoders = {"image": tfds.decode.SkipDecoding()}
+    Training (``rng_seed`` given): Inception-style random-resized crop (area 8-100%, aspect
+    3/4-4/3) and horizontal flip; evaluation: the central 87.5% of the shorter side. Both are
+    resized to ``image_size`` and normalised by the ImageNet mean and standard deviation.
+    """
     mean = tf.constant(IMAGENET_MEAN, tf.float32)
     std = tf.constant(IMAGENET_STD, tf.float32)
 
@@ -171,7 +179,6 @@ def _imagenet(name, data_dir, download, seed, image_size=224):
         return tf.image.stateless_random_flip_left_right(image, flip_seed)
 
     def eval_image(encoded):
-        # Center crop of 224/256 of the shorter side, as in the reference ResNet code.
         shape = tf.image.extract_jpeg_shape(encoded)
         h, w = shape[0], shape[1]
         side = tf.cast(0.875 * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
@@ -183,6 +190,16 @@ def _imagenet(name, data_dir, download, seed, image_size=224):
         encoded = record["image"]
         image = train_image(encoded, rng_seed) if rng_seed is not None else eval_image(encoded)
         return (image - mean) / std, tf.cast(record["label"], tf.int32)
+
+    return preprocess
+
+
+def _imagenet(name, data_dir, download, seed, image_size=224):
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder("imagenet2012", data_dir, download)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    preprocess = imagenet_preprocessor(image_size)
 
     def records(split):
         return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
@@ -197,52 +214,62 @@ def _imagenet(name, data_dir, download, seed, image_size=224):
 
 
 # ---------------------------------------------------------------- character-level LM
-def _byte_windows(text: tf.Tensor, seq_len: int) -> tf.data.Dataset:
-    """Non-overlapping windows of ``seq_len + 1`` bytes of ``text`` (vocabulary 256)."""
-    ids = tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32)
-    return tf.data.Dataset.from_tensor_slices(ids).batch(seq_len + 1, drop_remainder=True)
+def byte_windows(chunks: tf.data.Dataset, seq_len: int) -> tf.data.Dataset:
+    """Consecutive, non-overlapping windows of ``seq_len + 1`` bytes (vocabulary 256).
+
+    Args:
+        chunks: a dataset of strings whose concatenation is the text.
+    """
+    ids = chunks.map(lambda text: tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32))
+    return ids.unbatch().batch(seq_len + 1, drop_remainder=True)
 
 
-def _language_model(name, split_texts: dict[str, Callable[[], tf.Tensor]], seq_len: int,
-                    seed: int) -> DataSpec:
-    def preprocess(window, _seed):
-        return window[:-1], window[1:]
+def _shift(window, _seed):
+    return window[:-1], window[1:]
 
+
+def _language_model(name, chunks: dict[str, Callable[[], tf.data.Dataset]],
+                    train_bytes: int, seq_len: int, seed: int) -> DataSpec:
     def windows(split):
-        return _byte_windows(split_texts[split](), seq_len)
+        return byte_windows(chunks[split](), seq_len)
 
-    num_train = int(windows("train").cardinality().numpy())
     return DataSpec(
         name=name, task="language_model", input_shape=(seq_len,), num_classes=BYTE_VOCAB,
-        num_train_examples=num_train,
+        num_train_examples=train_bytes // (seq_len + 1),
         train_fn=lambda ctx, batch, skip: _train_stream(
-            windows("train"), ctx, batch, skip, seed, preprocess, 10_000, cache=True),
-        eval_fn=lambda ctx, batch: _eval_stream(windows("test"), ctx, batch, preprocess),
+            windows("train"), ctx, batch, skip, seed, _shift, 10_000),
+        eval_fn=lambda ctx, batch: _eval_stream(windows("test"), ctx, batch, _shift),
     )
 
 
 def _tiny_shakespeare(name, data_dir, download, seed, seq_len=512):
     builder = _tfds_builder("tiny_shakespeare", data_dir, download)
 
-    def text(split):
-        return lambda: next(iter(_records(builder, split)))["text"]
+    def chunks(split):
+        return lambda: _records(builder, split).map(lambda record: record["text"])
 
-    return _language_model(name, {s: text(s) for s in ("train", "test")}, seq_len, seed)
+    train_bytes = int(tf.strings.length(next(iter(chunks("train")()))).numpy())
+    return _language_model(name, {s: chunks(s) for s in ("train", "test")}, train_bytes,
+                           seq_len, seed)
 
 
 def _wikitext103(name, data_dir, download, seed, seq_len=512, wikitext_dir=None):
-    if not wikitext_dir or not os.path.isdir(wikitext_dir):
-        raise FileNotFoundError(
-            f"dataset.wikitext_dir: {wikitext_dir!r} is not a folder; bind it to the folder "
-            "holding the raw WikiText-103 files wiki.train.raw and wiki.test.raw "
-            "(wikitext-103-raw from the dataset's authors)."
-        )
     files = {"train": "wiki.train.raw", "test": "wiki.test.raw"}
+    if not wikitext_dir or not all(os.path.isfile(os.path.join(wikitext_dir, f))
+                                   for f in files.values()):
+        raise FileNotFoundError(
+            f"dataset.wikitext_dir: {wikitext_dir!r} does not hold the raw WikiText-103 files "
+            f"{sorted(files.values())} (wikitext-103-raw from the dataset's authors); bind "
+            "dataset.wikitext_dir to that folder."
+        )
 
-    def text(split):
-        return lambda: tf.io.read_file(os.path.join(wikitext_dir, files[split]))
+    def chunks(split):
+        path = os.path.join(wikitext_dir, files[split])
+        # Streamed line by line (the training file is 0.5 GB); lines lose their newline.
+        return lambda: tf.data.TextLineDataset(path).map(lambda line: line + "\n")
 
-    return _language_model(name, {s: text(s) for s in files}, seq_len, seed)
+    train_bytes = os.path.getsize(os.path.join(wikitext_dir, files["train"]))
+    return _language_model(name, {s: chunks(s) for s in files}, train_bytes, seq_len, seed)
 
 
 DATASETS = {

@@ -116,7 +116,7 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
         dataset, model: names from ``rigl.experiments.data.DATASETS`` / ``models.MODELS``.
         method: one of ``METHODS``: dense, static, snip, set, snfs, rigl, prune.
         sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale: the sparsity
-            (see ``rigl.sparsify``); ignored... never: dense runs reject a custom map.
+            (see ``rigl.sparsify``); a dense run rejects a custom map or dense layers.
         train_steps / epochs: training length (exactly one), before ``multiplier``.
         multiplier: the paper's "Mx" runs: steps, LR anchors and update steps scale by it.
         batch_size, eval_batch_size: global batch sizes.

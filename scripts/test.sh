@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs (scripts/setup.sh) and runs the test suite. Extra arguments go to pytest,
+# e.g. `bash scripts/test.sh -m slow` for the long experiments.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh || exit 1
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
+# Tests prepare real data from ../shared/data; in CI its absence is an error, not a skip.
+.venv/bin/python -m pytest -q "$@"
+status=$?
+# Exit code 5 means no test was collected (e.g. a -m selection matching nothing).
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests"
+  exit 0
+fi
+exit "$status"
