@@ -14,7 +14,8 @@ class SparseTraining(keras.callbacks.Callback):
 
     The step is read from ``optimizer.iterations`` (not the per-epoch ``batch`` index), so
     resumed runs and ``steps_per_execution > 1`` stay on schedule: an update whose step
-    fell inside a multi-step execution runs at the start of the next one.
+    fell inside a multi-step execution runs at the start of the next one. Two updates cannot
+    fall inside one execution: ``update_freq < steps_per_execution`` is rejected.
 
     Example:
         >>> updater = rigl.RigL(update_freq=100, drop_fraction=0.3)
@@ -59,6 +60,14 @@ class SparseTraining(keras.callbacks.Callback):
         return steps * epochs if steps and epochs else None
 
     def on_train_begin(self, logs=None):
+        per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        schedule = self.updater.schedule
+        if (self.updater.changes_masks and schedule.begin_step != schedule.end_step
+                and schedule.update_freq < per_execution):
+            raise ValueError(
+                f"update_freq: {schedule.update_freq} is smaller than the model's "
+                f"steps_per_execution ({per_execution}); callbacks run once per execution, so "
+                "updates would be lost. Use update_freq >= steps_per_execution.")
         total = self.total_steps or self._fit_steps()
         self.updater.bind(self.model, self.model.optimizer, total_steps=total)
         step = int(self.model.optimizer.iterations.numpy())

@@ -99,6 +99,14 @@ def _plain_kernel(layer):
 
 def _rewrite(model, clone_layer):
     """Clones ``model`` with ``clone_layer`` and copies every layer's weights over."""
+    names = [layer.name for layer in _walk(model)
+             if layer.weights and not isinstance(layer, keras.Model)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"model: layer names {repeated} occur more than once (across nested models); rigl "
+            "addresses layers by name, so give every layer a unique name."
+        )
     clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     originals = {layer.name: layer for layer in _walk(model)}
     for layer in _walk(clone):

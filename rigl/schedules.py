@@ -69,7 +69,8 @@ class UpdateSchedule:
         _check_int("total_steps", total_steps, 1)
         return dataclasses.replace(self, end_step=max(self.begin_step, int(0.75 * total_steps)))
 
-    def _end(self) -> int:
+    def end(self) -> int:
+        """``end_step``, or a ValueError naming it while it is unknown."""
         if self.end_step is None:
             raise ValueError(
                 "end_step: unknown; pass end_step, or total steps (model.fit knows them) so "
@@ -78,7 +79,7 @@ class UpdateSchedule:
         return self.end_step
 
     def is_update_step(self, step: int) -> bool:
-        end = self._end()
+        end = self.end()
         if step < self.begin_step or step > end:
             return False
         return (step - self.begin_step) % self.update_freq == 0 or (
@@ -87,7 +88,7 @@ class UpdateSchedule:
 
     def last_update_step(self, step: int) -> int | None:
         """The latest update step ``<= step``, or ``None`` if there is none yet."""
-        end = self._end()
+        end = self.end()
         if step < self.begin_step:
             return None
         if self.include_end_step and step >= end:

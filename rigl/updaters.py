@@ -89,6 +89,9 @@ def stable_seed(*parts) -> int:
 
 def floor_count(fraction, n):
     """floor(fraction * n) as int32, robust to float error like ``distributions.num_zeros``."""
+    # A Python float must become float64 directly: through float32, 0.9 * 640 floors to 575.
+    if not isinstance(fraction, tf.Tensor | tf.Variable):
+        fraction = tf.constant(fraction, tf.float64)
     product = tf.cast(fraction, tf.float64) * tf.cast(n, tf.float64)
     return tf.cast(tf.floor(tf.round(product * 1e6) / 1e6), tf.int32)
 
@@ -158,6 +161,7 @@ class Updater(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    changes_masks: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = False
     needs_momentum: ClassVar[bool] = False
 
@@ -197,7 +201,7 @@ class Updater(abc.ABC):
         return n, n
 
     def current_drop_fraction(self, step: int) -> float:
-        return self.drop_fraction(step, self.schedule.end_step)
+        return self.drop_fraction(step, self.schedule.end())
 
     # --------------------------------------------------------------------------- binding
     def bind(self, model, optimizer=None, total_steps: int | None = None) -> Updater:
@@ -419,6 +423,7 @@ class Static(Updater):
     """Static sparse training: the initial random masks never change."""
 
     name = "static"
+    changes_masks = False
 
     def __init__(self, seed: int = 0):
         super().__init__(seed=seed)
@@ -429,6 +434,9 @@ class Static(Updater):
     def counts(self, layer, drop_fraction):
         zero = tf.constant(0, tf.int32)
         return zero, zero
+
+    def current_drop_fraction(self, step: int) -> float:
+        return 0.0
 
     def is_update_step(self, step: int) -> bool:
         return False
@@ -512,6 +520,7 @@ class _DenseToSparse(Updater):
         return None
 
     def current_drop_fraction(self, step):
+        self.schedule.end()  # validates that the schedule is complete
         return 0.0
 
     def _target_active(self, layer, sparsity):
@@ -544,11 +553,11 @@ class GradualPruning(_DenseToSparse):
     def layer_sparsity(self, name: str, step: int) -> float:
         """The scheduled sparsity of layer ``name`` at ``step``."""
         return polynomial_sparsity(step, self.target_sparsities[name], self.initial_sparsity,
-                                   self.schedule.begin_step, self.schedule.end_step)
+                                   self.schedule.begin_step, self.schedule.end())
 
     def counts(self, layer, drop_fraction):
         begin = float(self.schedule.begin_step)
-        end = float(self.schedule.end_step)
+        end = float(self.schedule.end())
         final = self.target_sparsities[layer.name]
         t = tf.cast(layer.step, tf.float64)
         progress = tf.clip_by_value((t - begin) / max(end - begin, 1.0), 0.0, 1.0)
