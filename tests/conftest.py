@@ -5,3 +5,28 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir with MNIST and tiny-shakespeare prepared offline from ../shared/data.
+
+    ``RIGL_TEST_DATA_DIR`` reuses a folder across runs; ``RIGL_REQUIRE_SHARED_DATA`` (set by
+    CI) turns a missing ../shared/data into a failure instead of a skip.
+    """
+    from rigl.experiments import prepare
+
+    if not os.path.isdir(SHARED):
+        if os.environ.get("RIGL_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"{SHARED} is missing (RIGL_REQUIRE_SHARED_DATA is set)")
+        pytest.skip(f"{SHARED} is missing")
+    path = os.environ.get("RIGL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+    for name in ("mnist", "tiny_shakespeare"):
+        prepare.prepare(name, os.path.join(SHARED, name), path)
+    return path

@@ -16,23 +16,10 @@ import pytest
 import rigl
 from rigl.experiments import prepare, training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+from conftest import ROOT, SHARED
+
 BASE_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300.gin")
 DEFAULT_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300_rigl.gin")
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A TFDS data_dir with MNIST and tiny-shakespeare prepared offline from ../shared/data."""
-    if not os.path.isdir(SHARED):
-        if os.environ.get("RIGL_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"{SHARED} is missing (RIGL_REQUIRE_SHARED_DATA is set)")
-        pytest.skip(f"{SHARED} is missing")
-    path = os.environ.get("RIGL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
-    for name in ("mnist", "tiny_shakespeare"):
-        prepare.prepare(name, os.path.join(SHARED, name), path)
-    return path
 
 
 def _run(workdir, data_dir, bindings, config=BASE_CONFIG):
