@@ -5,8 +5,10 @@
 #   bash scripts/quickstart.sh [WORKDIR]      (default WORKDIR: workdirs/quickstart)
 #
 # Data: ../shared/data/mnist when it exists (byte-exact originals, no network needed);
-# otherwise TFDS downloads MNIST (needs internet). TFDS_DATA_DIR chooses where the prepared
-# dataset lives (default ~/tensorflow_datasets).
+# otherwise Fashion-MNIST from the Debian package dataset-fashion-mnist when it is installed
+# (`apt-get install dataset-fashion-mnist`; the run then trains on Fashion-MNIST); otherwise
+# TFDS downloads MNIST (needs internet). TFDS_DATA_DIR chooses where the prepared dataset
+# lives (default ~/tensorflow_datasets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,6 +19,11 @@ BINDINGS=()
 if [ -d ../shared/data/mnist ]; then
   .venv/bin/python scripts/prepare_data.py --dataset=mnist --source_dir=../shared/data/mnist \
     --data_dir="$TFDS_DATA_DIR"
+elif [ -d /usr/share/datasets/fashion-mnist ]; then
+  echo "../shared/data/mnist not found: training on Fashion-MNIST from dataset-fashion-mnist."
+  .venv/bin/python scripts/prepare_data.py --dataset=fashion_mnist \
+    --source_dir=/usr/share/datasets/fashion-mnist --data_dir="$TFDS_DATA_DIR"
+  BINDINGS+=(--gin_bindings="training.dataset='fashion_mnist'")
 else
   echo "../shared/data/mnist not found: letting TFDS download MNIST (needs internet)."
   BINDINGS+=(--gin_bindings="dataset.download=True")

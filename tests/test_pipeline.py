@@ -12,11 +12,10 @@ import gin
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT, SHARED
 
 import rigl
 from rigl.experiments import prepare, training
-
-from conftest import ROOT, SHARED
 
 BASE_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300.gin")
 DEFAULT_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300_rigl.gin")
@@ -200,3 +199,26 @@ def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
         np.testing.assert_array_equal(mask, rigl.get_masks(again)[name], err_msg=name)
     for a, b in zip(straight.get_weights(), again.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_prepare_from_recompressed_files_seeds_the_cache(data_dir, tmp_path):
+    """Files with the same data in other bytes (as Debian's dataset-fashion-mnist ships) go
+    through TFDS's download cache and give the same dataset as the byte-exact originals."""
+    import gzip
+
+    import tensorflow_datasets as tfds
+
+    source = tmp_path / "regzipped"
+    source.mkdir()
+    for name in os.listdir(os.path.join(SHARED, "mnist")):
+        with gzip.open(os.path.join(SHARED, "mnist", name)) as f:
+            content = f.read()
+        (source / name).write_bytes(gzip.compress(content, compresslevel=1, mtime=1))
+    prepare.prepare("mnist", str(source), str(tmp_path / "tfds"))
+
+    def summary(path):
+        ds = tfds.load("mnist", split="test", data_dir=path, download=False, batch_size=-1)
+        ds = tfds.as_numpy(ds)
+        return int(ds["image"].astype(np.int64).sum()), np.bincount(ds["label"]).tolist()
+
+    assert summary(str(tmp_path / "tfds")) == summary(data_dir)

@@ -13,6 +13,7 @@ registers for the dataset's download URLs:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -91,8 +92,9 @@ def prepare(dataset: str, source_dir: str, data_dir: str) -> str:
                 manual_dir=manual_dir, extract_dir=extract_dir, try_download_gcs=False)
         else:
             logging.warning(
-                "%s: the files in %s are not byte-identical to the published ones; seeding "
-                "TFDS's download cache with them (the prepared data is a rebuild).",
+                "%s: the files in %s are not byte-identical to the published ones (other "
+                "compression, or a rebuild such as CIFAR-10 from JPEG); seeding TFDS's "
+                "download cache with them, so TFDS cannot verify them.",
                 dataset, source_dir)
             download_dir = os.path.join(root, "downloads")
             os.makedirs(download_dir, exist_ok=True)
@@ -107,4 +109,6 @@ def prepare(dataset: str, source_dir: str, data_dir: str) -> str:
                 extract_dir=extract_dir, try_download_gcs=False)
         builder.download_and_prepare(download_dir=download_dir, download_config=config)
     shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the shared parent, once no other dataset uses it
+        os.rmdir(os.path.dirname(root))
     return builder.data_dir

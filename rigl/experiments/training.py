@@ -160,18 +160,22 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         opt.build(net.trainable_variables)
         elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+        skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_mask_updates")
     updater = make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale,
                            seed, multiplier)
     if strategies.is_chief(dist):
         with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
 
-    checkpoint = tf.train.Checkpoint(model=net, optimizer=opt, train_seconds=elapsed)
+    checkpoint = tf.train.Checkpoint(model=net, optimizer=opt, train_seconds=elapsed,
+                                     skipped_mask_updates=skipped)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, "checkpoints"),
                                          max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("Resumed from %s", manager.latest_checkpoint)
+        if updater is not None:
+            updater.skipped_updates = int(skipped.numpy())
     start_step = int(opt.iterations.numpy())
 
     train_data = dist.distribute_datasets_from_function(
@@ -227,6 +231,7 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
         callback_list.on_train_batch_end(step - 1)
         if step % checkpoint_every_steps == 0 or step == total_steps:
             elapsed.assign(base_seconds + time.time() - started)
+            skipped.assign(updater.skipped_updates if updater else 0)
             manager.save(checkpoint_number=step)
         if eval_every_steps and step % eval_every_steps == 0 and step < total_steps:
             _write_eval(eval_writer, step, evaluate())
