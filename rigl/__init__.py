@@ -14,10 +14,11 @@ from rigl.distributions import DISTRIBUTIONS, layer_sparsities
 # Registers the experiments' learning-rate schedule, so that models saved by
 # scripts/train.py load with keras.saving.load_model after `import rigl`.
 from rigl.experiments import optim as _optim  # noqa: E402,F401
-from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D
+from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (
     get_masks,
     masked_layers,
+    masked_weights,
     measured_sparsities,
     sparsify,
     strip,
@@ -45,6 +46,7 @@ __all__ = [
     "MaskedConv2D",
     "MaskedDense",
     "MaskedDepthwiseConv2D",
+    "MaskedGRU",
     "RigL",
     "SET",
     "SNFS",
@@ -59,6 +61,7 @@ __all__ = [
     "get_updater",
     "layer_sparsities",
     "masked_layers",
+    "masked_weights",
     "measured_sparsities",
     "sparsify",
     "strip",

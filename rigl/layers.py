@@ -10,8 +10,30 @@ therefore uses the kernel directly, so the gradient Keras computes for the kerne
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 from keras import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedWeight:
+    """One masked kernel: what the updaters, masks and sparsity maps address by ``name``.
+
+    Attributes:
+        name: the layer's name, or ``"<layer>/kernel"`` and ``"<layer>/recurrent_kernel"``
+            for the two kernels of a masked GRU.
+        masked_kernel: the kernel variable.
+        mask: its mask variable (same shape, 0/1).
+        initializer: the kernel's initializer (for ``grow_init="initial_value"``).
+        layer: the layer that owns them.
+    """
+
+    name: str
+    masked_kernel: object
+    mask: object
+    initializer: object
+    layer: object
 
 
 class MaskConstraint(keras.constraints.Constraint):
@@ -43,6 +65,10 @@ class MaskedLayerMixin:
     def masked_kernel(self):
         """The kernel variable the mask applies to."""
         return getattr(self, self._kernel_attr)
+
+    def masked_weights(self) -> list[MaskedWeight]:
+        initializer = getattr(self, "kernel_initializer", None) or self.depthwise_initializer
+        return [MaskedWeight(self.name, self.masked_kernel, self.mask, initializer, self)]
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -109,16 +135,74 @@ class MaskedDepthwiseConv2D(MaskedLayerMixin, keras.layers.DepthwiseConv2D):
     _kernel_attr = "kernel"
 
 
+@keras.saving.register_keras_serializable(package="rigl")
+class MaskedGRUCell(keras.layers.GRUCell):
+    """A ``keras.layers.GRUCell`` whose input and recurrent kernels each have a mask.
+
+    As for the other masked layers, both kernels are kept zero where their mask is zero (a
+    constraint after every optimizer step), so every GRU implementation, cuDNN included,
+    computes the sparse network and the kernels' gradients stay dense.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        locked = getattr(self._tracker, "locked", False)
+        if locked:
+            self._tracker.unlock()
+        self.kernel_mask = self.add_weight(name="kernel_mask", shape=self.kernel.shape,
+                                           initializer="ones", trainable=False)
+        self.recurrent_kernel_mask = self.add_weight(
+            name="recurrent_kernel_mask", shape=self.recurrent_kernel.shape,
+            initializer="ones", trainable=False)
+        if locked:
+            self._tracker.lock()
+        self.kernel.constraint = MaskConstraint(self.kernel_mask, self.kernel.constraint)
+        self.recurrent_kernel.constraint = MaskConstraint(self.recurrent_kernel_mask,
+                                                          self.recurrent_kernel.constraint)
+
+
+@keras.saving.register_keras_serializable(package="rigl")
+class MaskedGRU(keras.layers.GRU):
+    """A ``keras.layers.GRU`` built on ``MaskedGRUCell``: two masked kernels, named
+    ``"<name>/kernel"`` and ``"<name>/recurrent_kernel"`` in masks and sparsity maps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # GRU.__init__ builds a plain cell from the same arguments; swap in the masked one
+        # before anything is built, so no plain weights ever exist.
+        self._tracker.untrack(self.cell)
+        self.cell = MaskedGRUCell.from_config(self.cell.get_config())
+
+    def masked_weights(self) -> list[MaskedWeight]:
+        cell = self.cell
+        return [
+            MaskedWeight(f"{self.name}/kernel", cell.kernel, cell.kernel_mask,
+                         cell.kernel_initializer, self),
+            MaskedWeight(f"{self.name}/recurrent_kernel", cell.recurrent_kernel,
+                         cell.recurrent_kernel_mask, cell.recurrent_initializer, self),
+        ]
+
+
 # Plain Keras layer type -> its masked twin. Exact types only: a user subclass of Dense may
 # change what the kernel means, so it is not silently masked.
 MASKED_TWINS: dict[type, type] = {
     keras.layers.Dense: MaskedDense,
     keras.layers.Conv2D: MaskedConv2D,
     keras.layers.DepthwiseConv2D: MaskedDepthwiseConv2D,
+    keras.layers.GRU: MaskedGRU,
 }
 PLAIN_TWINS: dict[type, type] = {masked: plain for plain, masked in MASKED_TWINS.items()}
 
 
 def is_masked(layer) -> bool:
     """Whether ``layer`` is one of the masked layers of this module."""
-    return isinstance(layer, MaskedLayerMixin)
+    return isinstance(layer, MaskedLayerMixin | MaskedGRU)
+
+
+def kernel_shapes(layer) -> dict[str, tuple]:
+    """Masked-weight name -> kernel shape of a built maskable layer (plain or masked)."""
+    if isinstance(layer, keras.layers.GRU):
+        return {f"{layer.name}/kernel": tuple(layer.cell.kernel.shape),
+                f"{layer.name}/recurrent_kernel": tuple(layer.cell.recurrent_kernel.shape)}
+    kernel = layer.kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer._kernel
+    return {layer.name: tuple(kernel.shape)}

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from rigl import distributions
-from rigl.layers import MASKED_TWINS, PLAIN_TWINS, is_masked
+from rigl.layers import MASKED_TWINS, PLAIN_TWINS, MaskedWeight, is_masked, kernel_shapes
 
 
 def _walk(model) -> list:
@@ -27,13 +27,22 @@ def masked_layers(model) -> list:
     return [layer for layer in _walk(model) if is_masked(layer)]
 
 
+def masked_weights(model) -> list[MaskedWeight]:
+    """Every masked kernel of ``model`` with its mask, in model order.
+
+    A masked layer has one (named like the layer), a masked GRU two
+    (``"<layer>/kernel"``, ``"<layer>/recurrent_kernel"``).
+    """
+    return [weight for layer in masked_layers(model) for weight in layer.masked_weights()]
+
+
 def get_masks(model) -> dict[str, np.ndarray]:
-    """Layer name -> mask (numpy) for every masked layer of ``model``."""
-    return {layer.name: keras.ops.convert_to_numpy(layer.mask) for layer in masked_layers(model)}
+    """Masked-weight name -> mask (numpy) for every masked kernel of ``model``."""
+    return {w.name: keras.ops.convert_to_numpy(w.mask) for w in masked_weights(model)}
 
 
 def measured_sparsities(model) -> dict[str, float]:
-    """Layer name -> fraction of zeros in its mask, for every masked layer of ``model``."""
+    """Masked-weight name -> fraction of zeros in its mask, for every masked kernel."""
     return {name: 1.0 - float(np.mean(mask, dtype=np.float64))
             for name, mask in get_masks(model).items()}
 
@@ -45,14 +54,14 @@ def replica_mismatches(model) -> list[str]:
     different networks.
     """
     mismatched = []
-    for layer in masked_layers(model):
-        variable = getattr(layer.mask, "value", layer.mask)
+    for weight in masked_weights(model):
+        variable = getattr(weight.mask, "value", weight.mask)
         strategy = getattr(variable, "_distribute_strategy", None)
         if strategy is None:
             continue
         copies = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
         if any(not np.array_equal(copies[0], c) for c in copies[1:]):
-            mismatched.append(layer.name)
+            mismatched.append(weight.name)
     return mismatched
 
 
@@ -79,22 +88,26 @@ def _check_graph_model(model, param: str = "model") -> None:
 
 
 def _copy_weights(source, target) -> None:
-    """Copies kernel/bias (and every other weight) of ``source`` into layer ``target``."""
-    if is_masked(target) or is_masked(source):
-        src_kernel = source.masked_kernel if is_masked(source) else _plain_kernel(source)
-        dst_kernel = target.masked_kernel if is_masked(target) else _plain_kernel(target)
-        value = src_kernel.numpy()
-        if is_masked(source):
-            value = value * source.mask.numpy()
-        dst_kernel.assign(value)
-        if source.bias is not None:
-            target.bias.assign(source.bias)
-    elif source.weights:
-        target.set_weights(source.get_weights())
+    """Copies every weight of layer ``source`` except masks into layer ``target``, in order.
 
+    Masked and plain twins hold the same weights in the same order plus the masks. A masked
+    kernel is multiplied by its mask on the way, so the copy is exact even if someone wrote
+    to the kernel behind the mask's back.
+    """
+    def unmasked(layer):
+        masks = {id(w.mask) for w in layer.masked_weights()} if is_masked(layer) else set()
+        return [v for v in layer.weights if id(v) not in masks]
 
-def _plain_kernel(layer):
-    return layer.kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer._kernel
+    masks = {id(w.masked_kernel): w.mask for w in source.masked_weights()} if is_masked(
+        source) else {}
+    for src, dst in zip(unmasked(source), unmasked(target), strict=True):
+        if tuple(src.shape) != tuple(dst.shape):
+            raise ValueError(f"model: cannot copy {src.path} {tuple(src.shape)} into "
+                             f"{dst.path} {tuple(dst.shape)}.")
+        value = keras.ops.convert_to_numpy(src)
+        if id(src) in masks:
+            value = value * keras.ops.convert_to_numpy(masks[id(src)])
+        dst.assign(value)
 
 
 def _rewrite(model, clone_layer):
@@ -153,8 +166,9 @@ def sparsify(
 ):
     """Returns a copy of ``model`` whose Dense/Conv2D/DepthwiseConv2D layers are masked.
 
-    Every maskable layer not named in ``dense_layers`` is replaced by its masked twin
-    (weights kept); layer ``l`` gets a random mask with exactly ``floor(s_l * N_l)`` zeros,
+    Every maskable layer (Dense, Conv2D, DepthwiseConv2D, GRU) not named in ``dense_layers``
+    is replaced by its masked twin (weights kept); masked kernel ``l`` gets a random mask
+    with exactly ``floor(s_l * N_l)`` zeros,
     where ``s_l`` comes from ``rigl.layer_sparsities`` and ``N_l`` is its kernel size, and
     its kernel is zeroed where the mask is zero. The copy is not compiled.
 
@@ -165,7 +179,8 @@ def sparsify(
         model: a built Sequential or functional Keras model (nested models are walked).
         sparsity: target fraction of zeros, in [0, 1).
         distribution: "uniform", "er" or "erk" (see ``rigl.layer_sparsities``).
-        custom_sparsity: layer name -> sparsity overriding the distribution for that layer.
+        custom_sparsity: masked-weight name -> sparsity overriding the distribution: the
+            layer's name, or ``"<gru>/kernel"`` / ``"<gru>/recurrent_kernel"`` for a GRU.
         dense_layers: names of maskable layers to leave as ordinary dense layers.
         erk_power_scale: exponent applied to the ER/ERK raw densities.
         seed: seed of the random masks (the same seed gives the same masks everywhere).
@@ -182,10 +197,10 @@ def sparsify(
     dense_layers = list(dense_layers)
     custom_sparsity = dict(custom_sparsity or {})
     maskable = [layer for layer in _walk(model) if type(layer) in MASKED_TWINS]
-    names = [layer.name for layer in maskable]
-    _check_names("dense_layers", dense_layers, names)
-    _check_names("custom_sparsity", custom_sparsity, names)
-    both = sorted(set(dense_layers) & set(custom_sparsity))
+    _check_names("dense_layers", dense_layers, [layer.name for layer in maskable])
+    _check_names("custom_sparsity", custom_sparsity,
+                 [name for layer in maskable for name in kernel_shapes(layer)])
+    both = sorted(name for name in custom_sparsity if name.split("/")[0] in dense_layers)
     if both:
         raise ValueError(f"custom_sparsity: layers {both} are also in dense_layers.")
     to_mask = [layer for layer in maskable if layer.name not in dense_layers]
@@ -194,20 +209,21 @@ def sparsify(
             "model: has no maskable layer (Dense, Conv2D or DepthwiseConv2D) left to sparsify"
             + (f" once dense_layers={dense_layers} are excluded." if dense_layers else ".")
         )
-    shapes = {layer.name: tuple(_plain_kernel(layer).shape) for layer in to_mask}
+    shapes = {name: shape for layer in to_mask for name, shape in kernel_shapes(layer).items()}
     sparsities = distributions.layer_sparsities(
         shapes, sparsity, distribution, custom_sparsity, erk_power_scale
     )
+    masked_names = {layer.name for layer in to_mask}
 
     def clone_layer(layer):
-        twin = MASKED_TWINS.get(type(layer)) if layer.name in sparsities else None
+        twin = MASKED_TWINS.get(type(layer)) if layer.name in masked_names else None
         return (twin or type(layer)).from_config(layer.get_config())
 
     sparse = _rewrite(model, clone_layer)
-    for layer in masked_layers(sparse):
-        mask = random_mask(layer.mask.shape, sparsities[layer.name], seed, layer.name)
-        layer.mask.assign(mask)
-        layer.masked_kernel.assign(layer.masked_kernel.numpy() * mask)
+    for weight in masked_weights(sparse):
+        mask = random_mask(weight.mask.shape, sparsities[weight.name], seed, weight.name)
+        weight.mask.assign(mask)
+        weight.masked_kernel.assign(weight.masked_kernel.numpy() * mask)
     return sparse
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import distributions, optimizer_state
-from rigl.masking import masked_layers
+from rigl.masking import masked_weights
 from rigl.schedules import DropFraction, UpdateSchedule, _check_int, polynomial_sparsity
 
 GROW_INITS = ("zeros", "random_normal", "initial_value")
@@ -214,7 +214,7 @@ class Updater(abc.ABC):
             ValueError: naming ``model`` if it has no masked layer, ``optimizer`` if the
                 method needs slots it lacks.
         """
-        layers = masked_layers(model)
+        layers = masked_weights(model)
         if not layers:
             raise ValueError(
                 "model: has no masked layers; call rigl.sparsify(model, sparsity) first."
@@ -226,7 +226,7 @@ class Updater(abc.ABC):
                 optimizer.build(model.trainable_variables)
         if total_steps is not None:
             self.schedule = self.schedule.resolve(total_steps)
-        self._model, self._optimizer, self._layers = model, optimizer, layers
+        self._model, self._optimizer, self._targets = model, optimizer, layers
         self._strategy = strategy
         self._slots = [
             optimizer_state.slots(optimizer, layer.masked_kernel) if optimizer else []
@@ -252,7 +252,7 @@ class Updater(abc.ABC):
         """Hook for subclasses that derive per-layer constants from the model."""
 
     def _initial_draw(self, layer):
-        initializer = getattr(layer, "kernel_initializer", None) or layer.depthwise_initializer
+        initializer = layer.initializer
         config = initializer.get_config()
         if "seed" in config:
             config["seed"] = stable_seed(self.seed, layer.name, "initial_value")
@@ -268,7 +268,7 @@ class Updater(abc.ABC):
     @property
     def layer_names(self) -> list[str]:
         self._require_bound()
-        return [layer.name for layer in self._layers]
+        return [layer.name for layer in self._targets]
 
     # -------------------------------------------------------------------------- schedule
     def is_update_step(self, step: int) -> bool:
@@ -300,7 +300,7 @@ class Updater(abc.ABC):
 
     def _make_gradient_fn(self, loss_fn):
         model, strategy = self._model, self._strategy
-        kernels = [layer.masked_kernel for layer in self._layers]
+        kernels = [layer.masked_kernel for layer in self._targets]
         if loss_fn is None and getattr(model, "_compile_loss", None) is None:
             raise ValueError(
                 f"loss_fn: {type(self).__name__} needs a loss for its gradients; compile the "
@@ -367,7 +367,7 @@ class Updater(abc.ABC):
 
     def _update_graph(self, step, drop_fraction, gradients):
         views, new_masks, finite = [], [], []
-        for i, layer in enumerate(self._layers):
+        for i, layer in enumerate(self._targets):
             view = LayerView(
                 index=i, name=layer.name, step=step,
                 weights=tf.convert_to_tensor(layer.masked_kernel),
@@ -385,7 +385,7 @@ class Updater(abc.ABC):
             finite.append(_all_finite(view.weights, drop, grow))
         ok = tf.reduce_all(tf.stack(finite))
         changed = []
-        for i, (layer, view, new) in enumerate(zip(self._layers, views, new_masks)):
+        for i, (layer, view, new) in enumerate(zip(self._targets, views, new_masks)):
             # Computed unconditionally and selected with `ok`: assignments inside tf.cond
             # branches are fragile on distributed variables, and this runs every ΔT steps.
             new = tf.logical_and(new, ok) | tf.logical_and(view.mask > 0, tf.logical_not(ok))
