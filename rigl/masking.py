@@ -12,19 +12,19 @@ from rigl import distributions
 from rigl.layers import MASKED_TWINS, PLAIN_TWINS, MaskedWeight, is_masked, kernel_shapes
 
 
-def _walk(model) -> list:
+def walk_layers(model) -> list:
     """All layers of ``model``, descending into nested Sequential/functional models."""
     layers = []
     for layer in model.layers:
         layers.append(layer)
         if isinstance(layer, keras.Model):
-            layers.extend(_walk(layer))
+            layers.extend(walk_layers(layer))
     return layers
 
 
 def masked_layers(model) -> list:
     """The masked layers of ``model``, in model order (nested models included)."""
-    return [layer for layer in _walk(model) if is_masked(layer)]
+    return [layer for layer in walk_layers(model) if is_masked(layer)]
 
 
 def masked_weights(model) -> list[MaskedWeight]:
@@ -112,7 +112,7 @@ def _copy_weights(source, target) -> None:
 
 def _rewrite(model, clone_layer):
     """Clones ``model`` with ``clone_layer`` and copies every layer's weights over."""
-    names = [layer.name for layer in _walk(model)
+    names = [layer.name for layer in walk_layers(model)
              if layer.weights and not isinstance(layer, keras.Model)]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -121,8 +121,8 @@ def _rewrite(model, clone_layer):
             "addresses layers by name, so give every layer a unique name."
         )
     clone = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
-    originals = {layer.name: layer for layer in _walk(model)}
-    for layer in _walk(clone):
+    originals = {layer.name: layer for layer in walk_layers(model)}
+    for layer in walk_layers(clone):
         if layer.weights and not isinstance(layer, keras.Model):
             _copy_weights(originals[layer.name], layer)
     return clone
@@ -196,7 +196,7 @@ def sparsify(
                          f"{dense_layers!r}.")
     dense_layers = list(dense_layers)
     custom_sparsity = dict(custom_sparsity or {})
-    maskable = [layer for layer in _walk(model) if type(layer) in MASKED_TWINS]
+    maskable = [layer for layer in walk_layers(model) if type(layer) in MASKED_TWINS]
     _check_names("dense_layers", dense_layers, [layer.name for layer in maskable])
     _check_names("custom_sparsity", custom_sparsity,
                  [name for layer in maskable for name in kernel_shapes(layer)])

@@ -19,6 +19,11 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+# Training-set sizes, so that schedules can be computed (and printed by dry runs) without the
+# data: examples, or bytes for the character-level language models.
+TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000,
+               "imagenet2012": 1_281_167, "tiny_shakespeare": 1_003_854}
+
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 BYTE_VOCAB = 256
@@ -81,11 +86,22 @@ def _eval_stream(records, ctx, per_replica_batch, preprocess):
 
 
 # ------------------------------------------------------------------------------- TFDS
-def _tfds_builder(name: str, data_dir: str | None, download: bool):
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where a TFDS dataset comes from: ``data_dir``, TFDS download, or ``mock`` data
+    (under ``tfds.testing.mock_data``, for smoke runs)."""
+
+    data_dir: str | None = None
+    download: bool = False
+    mock: bool = False
+
+
+def _tfds_builder(name: str, source: _Source):
     import tensorflow_datasets as tfds
 
+    data_dir, download = source.data_dir, source.download
     builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+    if not source.mock and not builder.is_prepared():
         if download:
             builder.download_and_prepare()
         else:
@@ -105,8 +121,10 @@ def _records(builder, split: str):
     return builder.as_dataset(split=split, shuffle_files=False)
 
 
-def _num_examples(builder, split: str) -> int:
-    return int(builder.info.splits[split].num_examples)
+def _num_train_examples(builder, source: _Source) -> int:
+    if source.mock:  # mock data has no split metadata; schedules use the real size
+        return TRAIN_SIZES[builder.name]
+    return int(builder.info.splits["train"].num_examples)
 
 
 def mnist_preprocess(record, _seed):
@@ -127,13 +145,13 @@ def cifar_preprocess(record, rng_seed):
     return image, tf.cast(record["label"], tf.int32)
 
 
-def _mnist_like(name, data_dir, download, seed):
-    builder = _tfds_builder(name, data_dir, download)
+def _mnist_like(name, source, seed):
+    builder = _tfds_builder(name, source)
     preprocess = mnist_preprocess
 
     return DataSpec(
         name=name, task="classification", input_shape=(28, 28, 1), num_classes=10,
-        num_train_examples=_num_examples(builder, "train"),
+        num_train_examples=_num_train_examples(builder, source),
         train_fn=lambda ctx, batch, skip: _train_stream(
             _records(builder, "train"), ctx, batch, skip, seed, preprocess, 60_000, cache=True),
         eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
@@ -141,13 +159,13 @@ def _mnist_like(name, data_dir, download, seed):
     )
 
 
-def _cifar10(name, data_dir, download, seed):
-    builder = _tfds_builder("cifar10", data_dir, download)
+def _cifar10(name, source, seed):
+    builder = _tfds_builder("cifar10", source)
     preprocess = cifar_preprocess
 
     return DataSpec(
         name=name, task="classification", input_shape=(32, 32, 3), num_classes=10,
-        num_train_examples=_num_examples(builder, "train"),
+        num_train_examples=_num_train_examples(builder, source),
         train_fn=lambda ctx, batch, skip: _train_stream(
             _records(builder, "train"), ctx, batch, skip, seed, preprocess, 50_000, cache=True),
         eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
@@ -194,10 +212,10 @@ def imagenet_preprocessor(image_size: int = 224):
     return preprocess
 
 
-def _imagenet(name, data_dir, download, seed, image_size=224):
+def _imagenet(name, source, seed, image_size=224):
     import tensorflow_datasets as tfds
 
-    builder = _tfds_builder("imagenet2012", data_dir, download)
+    builder = _tfds_builder("imagenet2012", source)
     decoders = {"image": tfds.decode.SkipDecoding()}
     preprocess = imagenet_preprocessor(image_size)
 
@@ -206,7 +224,7 @@ def _imagenet(name, data_dir, download, seed, image_size=224):
 
     return DataSpec(
         name=name, task="classification", input_shape=(image_size, image_size, 3),
-        num_classes=1000, num_train_examples=_num_examples(builder, "train"),
+        num_classes=1000, num_train_examples=_num_train_examples(builder, source),
         train_fn=lambda ctx, batch, skip: _train_stream(
             records("train"), ctx, batch, skip, seed, preprocess, 10_000),
         eval_fn=lambda ctx, batch: _eval_stream(records("validation"), ctx, batch, preprocess),
@@ -242,18 +260,19 @@ def _language_model(name, chunks: dict[str, Callable[[], tf.data.Dataset]],
     )
 
 
-def _tiny_shakespeare(name, data_dir, download, seed, seq_len=512):
-    builder = _tfds_builder("tiny_shakespeare", data_dir, download)
+def _tiny_shakespeare(name, source, seed, seq_len=512):
+    builder = _tfds_builder("tiny_shakespeare", source)
 
     def chunks(split):
         return lambda: _records(builder, split).map(lambda record: record["text"])
 
-    train_bytes = int(tf.strings.length(next(iter(chunks("train")()))).numpy())
+    train_bytes = (TRAIN_SIZES["tiny_shakespeare"] if source.mock else
+                   int(tf.strings.length(next(iter(chunks("train")()))).numpy()))
     return _language_model(name, {s: chunks(s) for s in ("train", "test")}, train_bytes,
                            seq_len, seed)
 
 
-def _wikitext103(name, data_dir, download, seed, seq_len=512, wikitext_dir=None):
+def _wikitext103(name, source, seed, seq_len=512, wikitext_dir=None):
     files = {"train": "wiki.train.raw", "test": "wiki.test.raw"}
     if not wikitext_dir or not all(os.path.isfile(os.path.join(wikitext_dir, f))
                                    for f in files.values()):
@@ -283,7 +302,7 @@ DATASETS = {
 
 
 def get_dataset(name: str, data_dir: str | None = None, download: bool = False, seed: int = 0,
-                **options) -> DataSpec:
+                mock: bool = False, **options) -> DataSpec:
     """The ``DataSpec`` of dataset ``name`` (see ``DATASETS``).
 
     Args:
@@ -291,15 +310,19 @@ def get_dataset(name: str, data_dir: str | None = None, download: bool = False, 
         data_dir: TFDS data_dir; None means TFDS's default (``TFDS_DATA_DIR`` if set).
         download: let TFDS download and prepare the dataset if missing (needs internet).
         seed: seed of the shuffle and of the augmentation.
+        mock: read whatever ``tfds.testing.mock_data`` (active around the whole use of the
+            returned spec) provides; epoch sizes stay the real ones.
         **options: dataset options: ``image_size`` (imagenet2012), ``seq_len`` (language
             models), ``wikitext_dir`` (wikitext103).
     """
     if name not in DATASETS:
         raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {sorted(DATASETS)}.")
     loader = DATASETS[name]
-    accepted = list(inspect.signature(loader).parameters)[4:]
+    accepted = list(inspect.signature(loader).parameters)[3:]
     for option in options:
         if option not in accepted:
             raise ValueError(f"dataset.{option}: not an option of dataset {name!r}; its options "
                              f"are {accepted}.")
-    return loader(name, data_dir, download, seed, **options)
+    if mock and name not in TRAIN_SIZES:
+        raise ValueError(f"dataset: {name!r} has no mock (smoke) mode; it reads raw files.")
+    return loader(name, _Source(data_dir, download, mock), seed, **options)

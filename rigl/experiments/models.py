@@ -125,13 +125,12 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def _conv(filters: int, kernel_size: int, strides: int, name: str, weight_decay: float,
-          initializer=None):
+def _conv(filters: int, kernel_size: int, strides: int, name: str, weight_decay: float):
     # Stride-1 convolutions use 'same'; strided ones are preceded by _fixed_pad and use
     # 'valid', as in the reference. Both give output size ceil(input / stride).
     return keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same" if strides == 1 else "valid",
-        use_bias=False, kernel_initializer=initializer or _variance_scaling(),
+        use_bias=False, kernel_initializer=_variance_scaling(),
         kernel_regularizer=_l2(weight_decay), name=name)
 
 

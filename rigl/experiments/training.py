@@ -35,11 +35,11 @@ from absl import logging
 import rigl
 from rigl.experiments import data, models, optim, strategies
 
-METHODS = ("dense", "static", "snip", "set", "snfs", "rigl", "prune")
+METHODS = ("dense", "static", "snip", "set", "snfs", "rigl", "prune", "small_dense")
 DENSE_TO_SPARSE = ("snip", "prune")
 
 get_dataset = gin.external_configurable(data.get_dataset, "dataset",
-                                        denylist=["name", "seed"])
+                                        denylist=["name", "seed", "mock"])
 build_model = gin.external_configurable(models.build_model, "model",
                                         denylist=["name", "input_shape", "num_classes"])
 make_optimizer = gin.external_configurable(optim.make_optimizer, "optimizer",
@@ -62,7 +62,7 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
                     end_step=scale(end_step), seed=seed)
     targets = dict(sparsity=sparsity, distribution=distribution,
                    custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale)
-    if method == "dense":
+    if method in ("dense", "small_dense"):
         return None
     if method == "static":
         return rigl.Static(seed=seed)
@@ -98,15 +98,16 @@ def _write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-@gin.configurable("training", denylist=["workdir"])
-def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
+@gin.configurable("training", denylist=["workdir", "dry_run"])
+def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_100",
           method: str = "rigl", sparsity: float = 0.9, distribution: str = "uniform",
           custom_sparsity=None, dense_layers=(), erk_power_scale: float = 1.0,
           train_steps: int | None = None, epochs: float | None = None,
           multiplier: float = 1.0, batch_size: int = 100, eval_batch_size: int = 1000,
           eval_every_steps: int | None = None, checkpoint_every_steps: int = 1000,
           log_every_steps: int = 100, seed: int = 0, strategy: str = "default",
-          deterministic: bool = False, verbose: int | None = None) -> dict:
+          deterministic: bool = False, smoke: bool = False, dry_run: bool = False,
+          verbose: int | None = None) -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
     Started again with the same workdir, it resumes from the last checkpoint.
@@ -114,7 +115,8 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
     Args:
         workdir: output folder (checkpoints, logs, model, results).
         dataset, model: names from ``rigl.experiments.data.DATASETS`` / ``models.MODELS``.
-        method: one of ``METHODS``: dense, static, snip, set, snfs, rigl, prune.
+        method: one of ``METHODS``: dense, static, snip, set, snfs, rigl, prune, and
+            small_dense (a dense model narrowed to the sparse model's parameter count).
         sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale: the sparsity
             (see ``rigl.sparsify``); a dense run rejects a custom map or dense layers.
         train_steps / epochs: training length (exactly one), before ``multiplier``.
@@ -125,31 +127,62 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
         seed: seed of weights, masks, data order and augmentation.
         strategy: "default", "mirrored", "multi_worker" or "tpu" (options: ``strategy.*``).
         deterministic: enable TF op determinism (bit-identical reruns on CPU).
+        smoke: train ``SMOKE_STEPS`` steps on ``tfds.testing.mock_data`` with small batches
+            (and 64×64 ImageNet images) to check a config end to end without its data.
+        dry_run: build model, masks and schedule, print them (``describe``) and return
+            without training or writing anything.
         verbose: 1 progress bar, 2 one line per log period, 0 silent; default: 1 on a
             terminal, else 2.
     """
+    args = dict(locals())
     if method not in METHODS:
         raise ValueError(f"training.method: unknown {method!r}; allowed: {METHODS}.")
     if (train_steps is None) == (epochs is None):
         raise ValueError("training.train_steps / training.epochs: set exactly one of them.")
-    if method == "dense" and (custom_sparsity or dense_layers):
+    if method in ("dense", "small_dense") and (custom_sparsity or dense_layers):
         raise ValueError("training.custom_sparsity / dense_layers: a dense run has no masks.")
+    if workdir is None and not dry_run:
+        raise ValueError("workdir: required unless dry_run.")
+    if not smoke:
+        return _train(**args)
+    import tensorflow_datasets as tfds
+
+    args.update(batch_size=SMOKE_BATCH, eval_batch_size=SMOKE_BATCH, train_steps=SMOKE_STEPS,
+                epochs=None, multiplier=1.0, checkpoint_every_steps=SMOKE_STEPS,
+                log_every_steps=1, eval_every_steps=None)
+    with tfds.testing.mock_data(num_examples=SMOKE_EXAMPLES):
+        return _train(**args)
+
+
+SMOKE_STEPS, SMOKE_BATCH, SMOKE_EXAMPLES, SMOKE_IMAGE_SIZE = 3, 8, 16, 64
+
+
+def _train(workdir, dataset, model, method, sparsity, distribution, custom_sparsity,
+           dense_layers, erk_power_scale, train_steps, epochs, multiplier, batch_size,
+           eval_batch_size, eval_every_steps, checkpoint_every_steps, log_every_steps, seed,
+           strategy, deterministic, smoke, dry_run, verbose) -> dict:
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     dist = make_strategy(strategy)  # first: may configure logical devices
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    spec = get_dataset(dataset, seed=seed)
+    options = {"image_size": SMOKE_IMAGE_SIZE} if smoke and dataset == "imagenet2012" else {}
+    # A dry run reads no data: the mock path only needs the (known) training-set size.
+    spec = get_dataset(dataset, seed=seed, mock=smoke or dry_run, **options)
     steps_per_epoch = max(1, spec.num_train_examples // batch_size)
     base_steps = train_steps if train_steps is not None else epochs * steps_per_epoch
     total_steps = int(round(base_steps * multiplier))
-    out_dir = _output_dir(workdir, dist)
-    os.makedirs(out_dir, exist_ok=True)
 
     with dist.scope():
-        net = build_model(model, spec.input_shape, spec.num_classes)
-        if method != "dense":
+        if method == "small_dense":
+            width = small_dense_width(model, spec.input_shape, spec.num_classes, sparsity,
+                                      distribution, custom_sparsity, erk_power_scale)
+            logging.info("small_dense: width multiplier %.4f", width)
+            net = build_model(model, spec.input_shape, spec.num_classes, width=width)
+        else:
+            net = build_model(model, spec.input_shape, spec.num_classes)
+        if method not in ("dense", "small_dense"):
             net = rigl.sparsify(
                 net, 0.0 if method in DENSE_TO_SPARSE else sparsity, distribution,
                 custom_sparsity, dense_layers, erk_power_scale, seed)
@@ -163,6 +196,13 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
         skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_mask_updates")
     updater = make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale,
                            seed, multiplier)
+    if dry_run:
+        if updater is not None:  # SparseTraining binds it when training
+            updater.bind(net, opt, total_steps=total_steps)
+        print(describe(net, schedule, updater, total_steps, steps_per_epoch))
+        return {}
+    out_dir = _output_dir(workdir, dist)
+    os.makedirs(out_dir, exist_ok=True)
     if strategies.is_chief(dist):
         with open(os.path.join(workdir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
@@ -244,8 +284,8 @@ def train(workdir: str, dataset: str = "mnist", model: str = "lenet300_100",
     masked = rigl.masked_layers(net)
     results = {
         "dataset": dataset, "model": model, "method": method,
-        "distribution": distribution if method != "dense" else None,
-        "sparsity": sparsity if method != "dense" else 0.0,
+        "distribution": distribution if method not in ("dense", "small_dense") else None,
+        "sparsity": sparsity if method not in ("dense", "small_dense") else 0.0,
         "measured_sparsity": rigl.total_sparsity(net) if masked else 0.0,
         "layer_sparsity": rigl.measured_sparsities(net),
         "steps": step, "multiplier": multiplier, "batch_size": batch_size,
@@ -298,3 +338,78 @@ def _write_eval(writer, step, metrics):
         for name, value in metrics.items():
             tf.summary.scalar(name, value)
     writer.flush()
+
+
+def small_dense_width(model: str, input_shape, num_classes: int, sparsity: float,
+                      distribution: str, custom_sparsity=None, erk_power_scale: float = 1.0,
+                      iterations: int = 18) -> float:
+    """Width multiplier of a dense ``model`` with as many parameters as the sparse one.
+
+    The target is the parameter count of ``model`` (width 1) sparsified at ``sparsity`` with
+    ``distribution``: all weights minus the masked-out ones. The width is found by bisection
+    (channel counts round, so the result is the largest width whose dense model does not
+    exceed the target, to within 2^-iterations).
+    """
+    reference = build_model(model, input_shape, num_classes, width=1.0)
+    sparse = rigl.sparsify(reference, sparsity, distribution, custom_sparsity,
+                           erk_power_scale=erk_power_scale)
+    target = sparse.count_params() - sum(
+        int((m == 0).sum()) for m in rigl.get_masks(sparse).values())
+    target -= sum(int(np.prod(w.mask.shape)) for w in rigl.masked_weights(sparse))  # masks
+    low, high = 0.0, 1.0
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        if build_model(model, input_shape, num_classes, width=middle).count_params() <= target:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def describe(net, schedule, updater, total_steps: int, steps_per_epoch: int) -> str:
+    """What a run would train: per-layer sparsity table, totals, schedule (dry runs)."""
+    targets = getattr(updater, "target_sparsities", None)
+    masks = rigl.get_masks(net)
+    rows, total, zeros = [], 0, 0
+    maskable = [layer for layer in rigl.masking.walk_layers(net)
+                if type(layer) in rigl.layers.MASKED_TWINS or rigl.layers.is_masked(layer)]
+    for layer in maskable:
+        for name, shape in rigl.layers.kernel_shapes(layer).items():
+            size = int(np.prod(shape))
+            if name in masks:
+                layer_zeros = int((masks[name] == 0).sum())
+                if targets is not None:  # dense-to-sparse: show where it ends
+                    layer_zeros = rigl.distributions.num_zeros(targets[name], size)
+            else:
+                layer_zeros = 0
+            total, zeros = total + size, zeros + layer_zeros
+            rows.append(f"| {name} | {tuple(shape)} | {layer_zeros / size:.4f} | "
+                        f"{size - layer_zeros} |")
+    lines = [f"model {net.name}: {net.count_params():,} parameters (masks included)", "",
+             "| layer | kernel shape | sparsity | nonzeros |", "| --- | --- | --- | --- |",
+             *rows, "",
+             f"maskable kernels: {total:,} weights, {total - zeros:,} nonzero, "
+             f"sparsity {zeros / max(total, 1):.4f}"
+             + (" (targets of the dense-to-sparse method)" if targets is not None else ""),
+             "", f"steps: {total_steps:,} ({total_steps / steps_per_epoch:.2f} epochs of "
+             f"{steps_per_epoch:,} steps)"]
+    anchors = sorted({0, total_steps - 1, *[b for b in getattr(schedule, "boundaries", [])
+                                           if b < total_steps],
+                      *([schedule.warmup_steps] if getattr(schedule, "warmup_steps", 0)
+                        else [])})
+    lines.append("learning rate: " + ", ".join(
+        f"step {a:,}: {float(schedule(a)):.5g}" for a in anchors))
+    if updater is not None and updater.changes_masks:
+        steps = [t for t in range(updater.schedule.begin_step,
+                                  min(updater.schedule.end(), total_steps) + 1)
+                 if updater.is_update_step(t)]
+        shown = ", ".join(f"{t:,}" for t in steps[:3]) + (", ..." if len(steps) > 3 else "")
+        lines.append(f"mask updates ({type(updater).__name__}): {len(steps)} at steps "
+                     f"{shown} (every {updater.schedule.update_freq}, from "
+                     f"{updater.schedule.begin_step:,} to T_end = {updater.schedule.end():,})")
+        if steps and updater.current_drop_fraction(steps[0]):
+            lines.append(f"drop fraction: {updater.current_drop_fraction(steps[0]):.3f} at "
+                         f"step {steps[0]:,}, {updater.drop_fraction.decay} decay")
+    else:
+        lines.append("mask updates: none")
+    return "\n".join(lines)

@@ -1,0 +1,628 @@
+"""FLOPs and model-size accounting for sparse models (Evci et al. 2020, "Rigging the Lottery",
+https://arxiv.org/abs/1911.11134, Appendix H), with the MicroNet challenge counting rules the
+paper's code used (``google_research/micronet_challenge/counting.py`` via
+``rigl/sparse_utils.py:get_stats``).
+
+What is counted
+    Only the maskable layers: ``Conv2D``, ``DepthwiseConv2D``, ``Dense`` (plain Keras or rigl's
+    masked twins) and ``GRU``. Batch norm, pooling, residual additions, padding, softmax and the
+    loss are not. Every counted kernel is a *row*, keyed like masks and sparsity maps: the layer
+    name, or ``"<gru>/kernel"`` and ``"<gru>/recurrent_kernel"`` for the two kernels of a GRU.
+
+FLOPs of a row (one example, forward pass)
+    With ``N_out`` outputs and ``L = fan_in · (1 - s)`` nonzero inputs per output (``s`` the
+    row's sparsity, ``fan_in`` the inputs of one output when dense), a row costs ``L·N_out``
+    multiplications, ``(L - 1)·N_out`` additions to accumulate plus ``N_out`` for the bias, and
+    ``N_out`` for the activation::
+
+        flops = 2·L·N_out + N_out
+
+    As in the reference, the bias and activation terms are counted for every layer, whether or
+    not it has a bias or an activation (ResNet's convolutions have neither; batch norm and ReLU
+    follow them). Per layer type:
+
+    * ``Conv2D``: ``fan_in = kh·kw·c_in/groups``, ``N_out = ceil(H/sh)·ceil(W/sw)·c_out`` with
+      ``H×W`` the input's spatial size: output sizes are those of 'same' padding whatever the
+      layer's padding, as the reference (which passes ``'same'`` for every layer). A
+      ``ZeroPadding2D`` feeding the layer is taken as part of that padding: the input size is
+      the one before it (ResNet-50's stem then counts a 112×112 output, as it has).
+    * ``DepthwiseConv2D``: ``fan_in = kh·kw``, ``N_out = ceil(H/sh)·ceil(W/sw)·c_in·multiplier``,
+      i.e. the same formula, bias and activation included. This is MicroNet's
+      ``DepthWiseConv2D`` with ``use_bias=True`` and ReLU, which is how ``get_stats`` asks for
+      it. (In TF1 Keras ``DepthwiseConv2D`` subclassed ``Conv2D``, so ``get_stats`` actually
+      dispatched it to the convolution branch, counting the same multiplications but one bias
+      and activation per spatial position instead of per channel; we count per channel.)
+    * ``Dense``: ``fan_in`` = input units; ``N_out`` = units times any leading non-batch dims
+      (a Dense applied at every time step counts every step).
+    * ``GRU`` with ``U`` units over ``T`` time steps: two dense rows per time step, the input
+      kernel ``(in, 3U)`` and the recurrent kernel ``(U, 3U)``, each with ``N_out = T·3U``. The
+      gates' element-wise products are not counted.
+
+    The sparsity of a row comes from its real mask (masked layers: ``L`` uses the mask's exact
+    nonzero count), or for a plain layer from a ``{row name: sparsity}`` map, with the nonzero
+    count ``size - floor(s·size)`` that ``rigl.sparsify`` would give, so a plain model with a
+    map counts exactly like the model sparsified with it.
+
+Size
+    32 bits per nonzero weight, 1 more bit per weight of a sparse row (its bit mask; a dense row
+    has none), and 32 bits per output channel of every row (the bias or, for batch-normed
+    layers, the per-channel affine term; a GRU row counts ``3U``). ``MB = bits / 8e6``. This
+    convention gives the reference README's 102.122 MB for the dense ResNet-50 exactly.
+
+Training FLOPs (Appendix H)
+    The backward pass costs twice the forward pass. Per example and step, with dense forward
+    FLOPs ``f_D`` and sparse ``f_S``: dense ``3·f_D``; static, SET and SNIP ``3·f_S``; SNFS
+    ``2·f_S + f_D`` (a dense gradient every step); RigL ``(3·f_S·ΔT + 2·f_S + f_D)/(ΔT + 1)``
+    (a dense gradient every ΔT steps); gradual pruning the average over the steps of
+    ``3·f(s_t)``; a small dense model ``3·f`` of itself. An M× run takes M times the steps.
+
+Example:
+    >>> sparsities = flops.sparsity_map(model, 0.8, "erk")
+    >>> f_s, f_d = flops.inference_flops(model, sparsities), flops.dense_inference_flops(model)
+    >>> flops.train_flops_ratio("rigl", f_d, f_s, multiplier=5, update_freq=100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import keras
+import numpy as np
+
+from rigl import distributions, masking
+from rigl.schedules import polynomial_sparsity
+
+PARAM_BITS = 32
+METHODS = ("dense", "static", "set", "snip", "snfs", "rigl", "prune", "small_dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """The sparsity-independent facts of one counted kernel.
+
+    Attributes:
+        name: row key: the layer name, or ``"<gru>/kernel"`` / ``"<gru>/recurrent_kernel"``.
+        layer_type: ``"Conv2D"``, ``"DepthwiseConv2D"``, ``"Dense"`` or ``"GRU"``.
+        kernel_shape: shape of the kernel (and of its mask).
+        fan_in: inputs of one output when dense.
+        outputs: ``N_out``, outputs per example.
+        channels: output channels (biases / per-channel terms counted in the size).
+    """
+
+    name: str
+    layer_type: str
+    kernel_shape: tuple[int, ...]
+    fan_in: int
+    outputs: int
+    channels: int
+
+    @property
+    def size(self) -> int:
+        """Number of weights of the kernel."""
+        return math.prod(self.kernel_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFlops:
+    """One row of the per-layer table (see ``layer_table``).
+
+    Attributes:
+        name, layer_type, kernel_shape, fan_in, outputs, channels: as ``LayerSpec``.
+        sparsity: fraction of zeros of the kernel (``1 - nonzeros / size``).
+        nonzeros: nonzero weights.
+        size: weights of the kernel.
+        flops: forward FLOPs per example at this sparsity.
+        dense_flops: forward FLOPs per example of the dense kernel.
+        bits: storage of the row in bits (weights, mask, per-channel terms).
+    """
+
+    name: str
+    layer_type: str
+    kernel_shape: tuple[int, ...]
+    fan_in: int
+    outputs: int
+    channels: int
+    sparsity: float
+    nonzeros: int
+    size: int
+    flops: float
+    dense_flops: float
+    bits: float
+
+    def as_dict(self) -> dict:
+        """The row as a JSON-friendly dict (``type`` and ``shape`` for the type and shape)."""
+        return {"name": self.name, "type": self.layer_type, "shape": list(self.kernel_shape),
+                "fan_in": self.fan_in, "outputs": self.outputs, "channels": self.channels,
+                "sparsity": self.sparsity, "nonzeros": self.nonzeros, "size": self.size,
+                "flops": self.flops, "dense_flops": self.dense_flops, "bits": self.bits}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the model.
+
+
+def _walk(model) -> list:
+    """All layers of ``model``, descending into nested Sequential/functional models."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers.extend(_walk(layer))
+    return layers
+
+
+def _input_tensor(layer):
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1:
+        raise ValueError(
+            f"model: layer {layer.name!r} is called {len(nodes)} times in the graph; FLOPs are "
+            "counted for Sequential/functional models (built with keras.Input) whose counted "
+            "layers are each called once."
+        )
+    tensors = nodes[0].input_tensors
+    if len(tensors) != 1:
+        raise ValueError(f"model: layer {layer.name!r} takes {len(tensors)} inputs; expected 1.")
+    return tensors[0]
+
+
+def _known_dims(layer, shape) -> tuple[int, ...]:
+    dims = tuple(shape)[1:]  # the batch dim is ignored
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"model: layer {layer.name!r} has input shape {tuple(shape)} with unknown dims; "
+            "build the model with a fixed input shape (batch dim aside) to count FLOPs."
+        )
+    return tuple(int(d) for d in dims)
+
+
+def _unpadded_input_shape(layer) -> tuple[int, ...]:
+    """The input shape of ``layer`` before any ZeroPadding2D directly feeding it."""
+    tensor = _input_tensor(layer)
+    while True:
+        history = getattr(tensor, "_keras_history", None)
+        producer = history[0] if history else None
+        if not isinstance(producer, keras.layers.ZeroPadding2D):
+            return _known_dims(layer, tensor.shape)
+        tensor = _input_tensor(producer)
+
+
+def _conv_outputs(layer, channels: int) -> int:
+    dims = _unpadded_input_shape(layer)
+    spatial = dims[1:] if layer.data_format == "channels_first" else dims[:-1]
+    return math.prod(math.ceil(size / stride) for size, stride in zip(spatial, layer.strides)) * (
+        channels)
+
+
+def _layer_specs(layer) -> list[LayerSpec]:
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        shape = tuple(int(d) for d in layer.kernel.shape)  # (kh, kw, c_in, multiplier)
+        channels = shape[2] * shape[3]
+        return [LayerSpec(layer.name, "DepthwiseConv2D", shape, shape[0] * shape[1],
+                          _conv_outputs(layer, channels), channels)]
+    if isinstance(layer, keras.layers.Conv2D):
+        shape = tuple(int(d) for d in layer.kernel.shape)  # (kh, kw, c_in / groups, c_out)
+        return [LayerSpec(layer.name, "Conv2D", shape, math.prod(shape[:-1]),
+                          _conv_outputs(layer, shape[-1]), shape[-1])]
+    if isinstance(layer, keras.layers.Dense):
+        shape = tuple(int(d) for d in layer.kernel.shape)  # (fan_in, units)
+        leading = _known_dims(layer, _input_tensor(layer).shape)[:-1]
+        return [LayerSpec(layer.name, "Dense", shape, shape[0],
+                          math.prod(leading) * shape[1], shape[1])]
+    if isinstance(layer, keras.layers.GRU):
+        dims = _known_dims(layer, _input_tensor(layer).shape)  # (time, features)
+        steps = dims[0]
+        specs = []
+        for suffix, kernel in (("kernel", layer.cell.kernel),
+                               ("recurrent_kernel", layer.cell.recurrent_kernel)):
+            shape = tuple(int(d) for d in kernel.shape)  # (in or U, 3U)
+            specs.append(LayerSpec(f"{layer.name}/{suffix}", "GRU", shape, shape[0],
+                                   steps * shape[1], shape[1]))
+        return specs
+    return []
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"model: expected a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError("model: the model is not built; give it an input shape (keras.Input).")
+
+
+def layer_specs(model) -> list[LayerSpec]:
+    """The counted kernels of ``model`` in model order (nested models included).
+
+    Raises:
+        ValueError: naming ``model``, if it is not a built Keras model, has no counted layer,
+            a counted layer is shared or has unknown input dims.
+    """
+    _check_model(model)
+    specs = [spec for layer in _walk(model) for spec in _layer_specs(layer)]
+    if not specs:
+        raise ValueError("model: has no Conv2D, DepthwiseConv2D, Dense or GRU layer to count.")
+    names = [spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"model: layer names {repeated} occur more than once.")
+    return specs
+
+
+def first_layer(model) -> str:
+    """Row name of the first counted kernel of ``model`` (e.g. ResNet-50's ``conv1``)."""
+    return layer_specs(model)[0].name
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparsities.
+
+
+def _check_fraction(value, name: str) -> float:
+    return distributions.validate_sparsity(value, name)
+
+
+def sparsity_map(
+    model,
+    sparsity: float,
+    distribution: str = "uniform",
+    dense_layers: Iterable[str] = (),
+    custom_sparsity: Mapping[str, float] | None = None,
+    erk_power_scale: float = 1.0,
+) -> dict[str, float]:
+    """Row name -> sparsity for every counted kernel of ``model``.
+
+    ``rigl.layer_sparsities`` over the kernel shapes of the counted rows not in
+    ``dense_layers``; those get 0. The paper keeps the first layer dense for ``uniform``
+    (``dense_layers=[first_layer(model)]``) and masks all layers for ``erk``.
+
+    Raises:
+        ValueError: naming the argument, for an unknown row name or an invalid sparsity,
+            distribution or exponent.
+    """
+    specs = layer_specs(model)
+    if isinstance(dense_layers, str):
+        raise ValueError(f"dense_layers: expected a list of names, got the string "
+                         f"{dense_layers!r}.")
+    dense = list(dense_layers)
+    known = [spec.name for spec in specs]
+    for name in dense:
+        if name not in known:
+            raise ValueError(f"dense_layers: no counted layer named {name!r}; known: {known}.")
+    shapes = {spec.name: spec.kernel_shape for spec in specs if spec.name not in dense}
+    if not shapes:
+        raise ValueError("dense_layers: names every counted layer; nothing is left to sparsify.")
+    result = distributions.layer_sparsities(shapes, sparsity, distribution, custom_sparsity,
+                                            erk_power_scale)
+    return {name: result.get(name, 0.0) for name in known}
+
+
+def _nonzeros_from_mask(mask, spec: LayerSpec, param: str) -> int:
+    mask = np.asarray(mask)
+    if tuple(mask.shape) != spec.kernel_shape:
+        raise ValueError(f"{param}[{spec.name!r}]: shape {tuple(mask.shape)} does not match "
+                         f"the kernel's {spec.kernel_shape}.")
+    return int(np.count_nonzero(mask))
+
+
+def _row(spec: LayerSpec, nonzeros: int, param_bits: int = PARAM_BITS) -> LayerFlops:
+    density = nonzeros / spec.size
+    per_output = spec.fan_in * density  # L, nonzero inputs of one output (on average)
+    flops = (2.0 * per_output + 1.0) * spec.outputs
+    dense_flops = (2.0 * spec.fan_in + 1.0) * spec.outputs
+    bits = param_bits * nonzeros + (spec.size if nonzeros < spec.size else 0)
+    bits += param_bits * spec.channels
+    return LayerFlops(spec.name, spec.layer_type, spec.kernel_shape, spec.fan_in, spec.outputs,
+                      spec.channels, 1.0 - density, nonzeros, spec.size, flops, dense_flops,
+                      float(bits))
+
+
+def layer_table(
+    model,
+    sparsities: Mapping[str, float] | None = None,
+    masks: Mapping[str, np.ndarray] | None = None,
+    dense: bool = False,
+    param_bits: int = PARAM_BITS,
+) -> list[LayerFlops]:
+    """Per-row FLOPs, sparsity, nonzeros and size of ``model``.
+
+    The sparsity of a row is taken from, in order: ``masks`` (if it names the row), the
+    model's own mask (masked layers), ``sparsities`` (plain layers), else 0.
+
+    Args:
+        model: a built Sequential or functional Keras model with a fixed input shape.
+        sparsities: row name -> sparsity in [0, 1) for plain (unmasked) rows.
+        masks: row name -> 0/1 array of the kernel's shape, overriding the model's masks
+            (e.g. a snapshot saved during training).
+        dense: count every row dense, ignoring masks and sparsities.
+        param_bits: bits per stored value.
+
+    Raises:
+        ValueError: naming the argument, for an unknown row name, a sparsity for a masked row,
+            a sparsity out of [0, 1) or a mask of the wrong shape.
+    """
+    specs = layer_specs(model)
+    known = [spec.name for spec in specs]
+    sparsities = dict(sparsities or {})
+    masks = dict(masks or {})
+    for param, names in (("sparsities", sparsities), ("masks", masks)):
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{param}: no counted layer named {name!r}; known: {known}.")
+    model_masks = {} if dense else masking.get_masks(model)
+    clash = sorted(set(sparsities) & set(model_masks))
+    if clash:
+        raise ValueError(f"sparsities: layers {clash} are masked; their sparsity comes from "
+                         "their masks (pass `masks` to override them).")
+    rows = []
+    for spec in specs:
+        if dense:
+            nonzeros = spec.size
+        elif spec.name in masks:
+            nonzeros = _nonzeros_from_mask(masks[spec.name], spec, "masks")
+        elif spec.name in model_masks:
+            nonzeros = _nonzeros_from_mask(model_masks[spec.name], spec, "model mask")
+        else:
+            s = _check_fraction(sparsities.get(spec.name, 0.0), f"sparsities['{spec.name}']")
+            nonzeros = spec.size - distributions.num_zeros(s, spec.size)
+        rows.append(_row(spec, nonzeros, param_bits))
+    return rows
+
+
+def inference_flops(model, sparsities=None, masks=None) -> float:
+    """Forward FLOPs of one example (see ``layer_table`` for the arguments)."""
+    return sum(row.flops for row in layer_table(model, sparsities, masks))
+
+
+def dense_inference_flops(model) -> float:
+    """Forward FLOPs of one example with every counted kernel dense."""
+    return sum(row.flops for row in layer_table(model, dense=True))
+
+
+def model_size_mb(model, sparsities=None, masks=None, dense: bool = False,
+                  param_bits: int = PARAM_BITS) -> float:
+    """Size in MB (bits / 8e6): weights, bit masks of sparse rows, per-channel terms."""
+    return sum(row.bits for row in layer_table(model, sparsities, masks, dense,
+                                               param_bits)) / 8e6
+
+
+def num_params(model, sparsities=None, masks=None, dense: bool = False) -> int:
+    """Stored values: nonzero weights plus one per output channel of every row.
+
+    The parameter count used to size a small dense model like a sparse one (what
+    ``model_size_mb`` stores, without the bit masks).
+    """
+    return sum(row.nonzeros + row.channels
+               for row in layer_table(model, sparsities, masks, dense))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def _check_positive_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_flops(value, name: str) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def pruning_progress(begin_step: int, end_step: int, frequency: int, total_steps: int) -> float:
+    """Mean over steps ``0..total_steps-1`` of the fraction of the final sparsity in effect.
+
+    Gradual pruning (Zhu & Gupta 2017) updates the masks at ``begin_step``, every
+    ``frequency`` steps after it up to ``end_step``, and at ``end_step`` (as
+    ``rigl.GradualPruning``); a step trains at the sparsity set by the latest update at or
+    before it (``rigl.schedules.polynomial_sparsity`` from 0 to the final sparsity), dense
+    before ``begin_step``. Because a row's FLOPs are linear in its density and every row
+    follows the same cubic from 0 to its own final sparsity, the mean FLOPs of the run are
+    ``f_D - progress·(f_D - f_S)``.
+
+    Raises:
+        ValueError: naming the argument, for steps that are not integers,
+            ``end_step < begin_step`` or ``total_steps < 1``.
+    """
+    begin = _check_positive_int(begin_step, "begin_step", 0)
+    end = _check_positive_int(end_step, "end_step", 0)
+    frequency = _check_positive_int(frequency, "frequency", 1)
+    total = _check_positive_int(total_steps, "total_steps", 1)
+    if end < begin:
+        raise ValueError(f"end_step: must be >= begin_step ({begin}), got {end}.")
+    updates = sorted({*range(begin, end + 1, frequency), end})
+    updates = [step for step in updates if step < total]
+
+    def fraction(step: int) -> float:
+        if end == begin:  # one-shot pruning at begin_step
+            return 1.0
+        return polynomial_sparsity(step, 1.0, 0.0, begin, end)
+
+    weighted = 0.0
+    for i, step in enumerate(updates):
+        until = updates[i + 1] if i + 1 < len(updates) else total
+        weighted += fraction(step) * (until - step)
+    return weighted / total
+
+
+def train_flops_per_step(
+    method: str,
+    dense_flops: float,
+    sparse_flops: float | None = None,
+    *,
+    update_freq: int = 100,
+    begin_step: int | None = None,
+    end_step: int | None = None,
+    frequency: int | None = None,
+    total_steps: int | None = None,
+) -> float:
+    """Training FLOPs of one example at one step, averaged over a run (Appendix H).
+
+    Args:
+        method: one of ``METHODS``.
+        dense_flops: ``f_D``, forward FLOPs of the dense model.
+        sparse_flops: ``f_S``, forward FLOPs of the sparse model (for ``prune``: the final
+            one; for ``small_dense``: the small dense model's). Not used by ``dense``.
+        update_freq: ΔT of RigL, steps between mask updates.
+        begin_step, end_step, frequency, total_steps: the pruning schedule of ``prune`` and
+            the length of its run (see ``pruning_progress``).
+
+    Raises:
+        ValueError: naming the argument, for an unknown method, negative or missing FLOPs, or
+            a missing or invalid schedule.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: unknown {method!r}; allowed: {METHODS}.")
+    f_d = _check_flops(dense_flops, "dense_flops")
+    if f_d <= 0:
+        raise ValueError(f"dense_flops: must be > 0, got {dense_flops!r}.")
+    if method == "dense":
+        return 3.0 * f_d
+    if sparse_flops is None:
+        raise ValueError(f"sparse_flops: required for method {method!r}.")
+    f_s = _check_flops(sparse_flops, "sparse_flops")
+    if method in ("static", "set", "snip", "small_dense"):
+        return 3.0 * f_s
+    if method == "snfs":
+        return 2.0 * f_s + f_d
+    if method == "rigl":
+        dt = _check_positive_int(update_freq, "update_freq", 1)
+        return (3.0 * f_s * dt + 2.0 * f_s + f_d) / (dt + 1)
+    schedule = {"begin_step": begin_step, "end_step": end_step, "frequency": frequency,
+                "total_steps": total_steps}
+    for name, value in schedule.items():
+        if value is None:
+            raise ValueError(f"{name}: required for method 'prune'.")
+    progress = pruning_progress(**schedule)
+    return 3.0 * (f_d - progress * (f_d - f_s))
+
+
+def train_flops_ratio(method: str, dense_flops: float, sparse_flops: float | None = None,
+                      multiplier: float = 1.0, **schedule) -> float:
+    """Training FLOPs of a ``multiplier``× run over those of the dense 1× run.
+
+    An M× run stretches every step count (the pruning schedule included) by M, so its
+    per-step average is the 1× one's and its total M times it. ``schedule`` is passed to
+    ``train_flops_per_step`` (``update_freq``, and for ``prune`` ``begin_step``,
+    ``end_step``, ``frequency``, ``total_steps`` of the 1× run).
+
+    Example:
+        >>> train_flops_ratio("rigl", 8.2e9, 0.23 * 8.2e9, multiplier=5)  # ~1.15
+    """
+    ok = isinstance(multiplier, numbers.Real) and not isinstance(multiplier, bool)
+    if not ok or not math.isfinite(multiplier) or multiplier <= 0:
+        raise ValueError(f"multiplier: expected a finite number > 0, got {multiplier!r}.")
+    per_step = train_flops_per_step(method, dense_flops, sparse_flops, **schedule)
+    return multiplier * per_step / (3.0 * float(dense_flops))
+
+
+def total_train_flops(method: str, dense_flops: float, sparse_flops: float | None = None,
+                      steps: int = 1, batch_size: int = 1, multiplier: float = 1.0,
+                      **schedule) -> float:
+    """Training FLOPs of a whole run: per-step FLOPs × batch size × steps × multiplier.
+
+    The dense ResNet-50 1× run: ``3 · 8.2e9 · 4096 · 32000 ≈ 3.2e18`` (the paper's figure).
+    """
+    steps = _check_positive_int(steps, "steps", 1)
+    batch_size = _check_positive_int(batch_size, "batch_size", 1)
+    ratio = train_flops_ratio(method, dense_flops, sparse_flops, multiplier, **schedule)
+    return ratio * 3.0 * float(dense_flops) * steps * batch_size
+
+
+def average_inference_flops(
+    snapshots: Sequence[float | Mapping[str, np.ndarray]],
+    model=None,
+    durations: Sequence[float] | None = None,
+) -> float:
+    """Inference FLOPs averaged over the masks a run actually used.
+
+    For a run whose per-layer densities change (gradual pruning, or any method that moves
+    connections between layers), pass the FLOPs measured after every mask update, or the mask
+    snapshots themselves. (Drop-and-grow at a fixed density per layer, as RigL and SET do,
+    leaves the count unchanged: it depends on a row's nonzero count only.)
+
+    Args:
+        snapshots: FLOPs values, or dicts row name -> mask (then ``model`` is required; rows
+            a snapshot leaves out keep the model's masks / density).
+        model: the model the mask snapshots belong to.
+        durations: steps each snapshot was in use (weights); equal weights if omitted.
+
+    Raises:
+        ValueError: naming the argument, for an empty list, a snapshot of the wrong kind,
+            a missing model, or durations that do not match or do not sum to > 0.
+    """
+    snapshots = list(snapshots)
+    if not snapshots:
+        raise ValueError("snapshots: expected at least one FLOPs value or mask snapshot.")
+    values = []
+    for i, snapshot in enumerate(snapshots):
+        if isinstance(snapshot, Mapping):
+            if model is None:
+                raise ValueError("model: required when snapshots are masks.")
+            values.append(inference_flops(model, masks=snapshot))
+        else:
+            values.append(_check_flops(snapshot, f"snapshots[{i}]"))
+    if durations is None:
+        return sum(values) / len(values)
+    durations = [_check_flops(d, f"durations[{i}]") for i, d in enumerate(durations)]
+    if len(durations) != len(values):
+        raise ValueError(f"durations: expected {len(values)} values (one per snapshot), got "
+                         f"{len(durations)}.")
+    if sum(durations) <= 0:
+        raise ValueError("durations: must sum to more than 0.")
+    return sum(v * d for v, d in zip(values, durations)) / sum(durations)
+
+
+def solve_width(param_count: Callable[[float], float], target: float, low: float = 0.05,
+                high: float = 1.0, xtol: float = 1e-3, rtol: float = 1e-3,
+                max_evals: int = 30) -> float:
+    """The width whose parameter count is closest to ``target`` (for Small-Dense baselines).
+
+    ``param_count(width)`` must not decrease with the width (e.g. ``num_params`` of
+    ``build_model(name, ..., width=width)``). Regula falsi (Illinois) on
+    ``sqrt(count) - sqrt(target)``, nearly linear in the width since counts grow about as
+    width², so a few evaluations (model builds) suffice. Stops once a count is within
+    ``rtol`` of the target or the bracket is narrower than ``xtol`` (channel counts are
+    integers, so the count is a step function of the width and may never hit the target).
+
+    Raises:
+        ValueError: naming the argument, if ``target`` is not between the counts at ``low``
+            and ``high``, or the bracket is invalid.
+    """
+    if not 0 < low < high:
+        raise ValueError(f"low/high: expected 0 < low < high, got {low!r}, {high!r}.")
+    target = _check_flops(target, "target")
+    cache: dict[float, float] = {}
+
+    def g(width: float) -> float:
+        if width not in cache:
+            cache[width] = float(param_count(width))
+        return math.sqrt(cache[width]) - math.sqrt(target)
+
+    a, b = low, high
+    ga, gb = g(a), g(b)
+    if ga > 0 or gb < 0:
+        raise ValueError(f"target: {target:g} parameters is not between the counts at width "
+                         f"{low} ({cache[low]:g}) and {high} ({cache[high]:g}).")
+    side = 0
+    while len(cache) < max_evals and b - a > xtol and ga != 0 and gb != 0:
+        c = b - gb * (b - a) / (gb - ga)
+        c = min(max(c, a + xtol / 2), b - xtol / 2)
+        gc = g(c)
+        if abs(cache[c] - target) <= rtol * target:
+            return c
+        if gc < 0:
+            a, ga = c, gc
+            if side == -1:
+                gb /= 2
+            side = -1
+        else:
+            b, gb = c, gc
+            if side == 1:
+                ga /= 2
+            side = 1
+    return min(cache, key=lambda w: abs(cache[w] - target))
