@@ -25,7 +25,9 @@ FLOPs of a row (one example, forward pass)
       ``H×W`` the input's spatial size: output sizes are those of 'same' padding whatever the
       layer's padding, as the reference (which passes ``'same'`` for every layer). A
       ``ZeroPadding2D`` feeding the layer is taken as part of that padding: the input size is
-      the one before it (ResNet-50's stem then counts a 112×112 output, as it has).
+      the one before it (ResNet-50's stem then counts a 112×112 output, as it has; the
+      reference's Keras ResNet-50 padded its stem the same way but was counted from the
+      padded 230×230 input, i.e. 115×115 outputs, 0.16% more dense FLOPs than here).
     * ``DepthwiseConv2D``: ``fan_in = kh·kw``, ``N_out = ceil(H/sh)·ceil(W/sw)·c_in·multiplier``,
       i.e. the same formula, bias and activation included. This is MicroNet's
       ``DepthWiseConv2D`` with ``use_bias=True`` and ReLU, which is how ``get_stats`` asks for
@@ -74,6 +76,13 @@ import numpy as np
 
 from rigl import distributions, masking
 from rigl.schedules import polynomial_sparsity
+
+__all__ = [
+    "METHODS", "PARAM_BITS", "LayerFlops", "LayerSpec", "average_inference_flops",
+    "dense_inference_flops", "first_layer", "inference_flops", "layer_specs", "layer_table",
+    "model_size_mb", "num_params", "pruning_progress", "solve_width", "sparsity_map",
+    "total_train_flops", "train_flops_per_step", "train_flops_ratio",
+]
 
 PARAM_BITS = 32
 METHODS = ("dense", "static", "set", "snip", "snfs", "rigl", "prune", "small_dense")
@@ -273,8 +282,10 @@ def sparsity_map(
     """Row name -> sparsity for every counted kernel of ``model``.
 
     ``rigl.layer_sparsities`` over the kernel shapes of the counted rows not in
-    ``dense_layers``; those get 0. The paper keeps the first layer dense for ``uniform``
-    (``dense_layers=[first_layer(model)]``) and masks all layers for ``erk``.
+    ``dense_layers`` (row names, or layer names: a GRU's keeps both kernels dense); those get
+    0, as ``rigl.sparsify`` with the same arguments leaves them unmasked. The paper keeps the
+    first layer dense for ``uniform`` (``dense_layers=[first_layer(model)]``) and masks all
+    layers for ``erk``. Meant for plain models: a masked model's rows take their masks.
 
     Raises:
         ValueError: naming the argument, for an unknown row name or an invalid sparsity,
@@ -284,11 +295,14 @@ def sparsity_map(
     if isinstance(dense_layers, str):
         raise ValueError(f"dense_layers: expected a list of names, got the string "
                          f"{dense_layers!r}.")
-    dense = list(dense_layers)
     known = [spec.name for spec in specs]
-    for name in dense:
-        if name not in known:
+    dense = set()
+    for name in dense_layers:
+        # A row name, or a layer name (a GRU's name keeps both of its kernels dense).
+        rows = [row for row in known if name in (row, row.rsplit("/", 1)[0])]
+        if not rows:
             raise ValueError(f"dense_layers: no counted layer named {name!r}; known: {known}.")
+        dense.update(rows)
     shapes = {spec.name: spec.kernel_shape for spec in specs if spec.name not in dense}
     if not shapes:
         raise ValueError("dense_layers: names every counted layer; nothing is left to sparsify.")

@@ -75,9 +75,19 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
                             grow_init=grow_init, **schedule)
 
 
-def _loss_terms(task: str, labels, logits):
+def cross_entropy(labels, logits, label_smoothing: float = 0.0):
+    """Softmax cross-entropy of integer ``labels``, optionally with label smoothing."""
+    if not label_smoothing:
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    # Keras casts y_true to the logits dtype when it calls a compiled loss.
+    one_hot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=logits.dtype)
+    return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True,
+                                                 label_smoothing=label_smoothing)
+
+
+def _loss_terms(task: str, labels, logits, label_smoothing: float = 0.0):
     """Per-example loss (nats; mean over positions for language models) and correct count."""
-    xent = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    xent = cross_entropy(labels, logits, label_smoothing)
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
     if task == "language_model":
         return tf.reduce_mean(xent, axis=-1), tf.reduce_sum(correct)
@@ -106,7 +116,8 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
           multiplier: float = 1.0, batch_size: int = 100, eval_batch_size: int = 1000,
           eval_every_steps: int | None = None, checkpoint_every_steps: int = 1000,
           log_every_steps: int = 100, seed: int = 0, strategy: str = "default",
-          deterministic: bool = False, smoke: bool = False, dry_run: bool = False,
+          label_smoothing: float = 0.0, deterministic: bool = False, smoke: bool = False,
+          dry_run: bool = False,
           verbose: int | None = None) -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
@@ -126,6 +137,7 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
         checkpoint_every_steps, log_every_steps: checkpoint and summary periods.
         seed: seed of weights, masks, data order and augmentation.
         strategy: "default", "mirrored", "multi_worker" or "tpu" (options: ``strategy.*``).
+        label_smoothing: label smoothing of the training loss (evaluation loss has none).
         deterministic: enable TF op determinism (bit-identical reruns on CPU).
         smoke: train ``SMOKE_STEPS`` steps on ``tfds.testing.mock_data`` with small batches
             (and 64×64 ImageNet images) to check a config end to end without its data.
@@ -160,7 +172,7 @@ SMOKE_STEPS, SMOKE_BATCH, SMOKE_EXAMPLES, SMOKE_IMAGE_SIZE = 3, 8, 16, 64
 def _train(workdir, dataset, model, method, sparsity, distribution, custom_sparsity,
            dense_layers, erk_power_scale, train_steps, epochs, multiplier, batch_size,
            eval_batch_size, eval_every_steps, checkpoint_every_steps, log_every_steps, seed,
-           strategy, deterministic, smoke, dry_run, verbose) -> dict:
+           strategy, label_smoothing, deterministic, smoke, dry_run, verbose) -> dict:
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     dist = make_strategy(strategy)  # first: may configure logical devices
@@ -186,16 +198,22 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
             net = rigl.sparsify(
                 net, 0.0 if method in DENSE_TO_SPARSE else sparsity, distribution,
                 custom_sparsity, dense_layers, erk_power_scale, seed)
-        schedule = make_schedule(total_steps, steps_per_epoch, batch_size, multiplier)
+        # Epoch anchors use the exact epoch length: 30 epochs of ImageNet at batch 4096 are
+        # step 9,383, not 30 × 312.
+        schedule = make_schedule(total_steps, spec.num_train_examples / batch_size, batch_size,
+                                 multiplier)
         opt = make_optimizer(schedule)
         # compile() only attaches the optimizer and the loss RigL/SNIP take gradients of.
         net.compile(optimizer=opt,
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                    loss=lambda y, logits: cross_entropy(y, logits, label_smoothing))
         opt.build(net.trainable_variables)
         elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
         skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_mask_updates")
-    updater = make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale,
-                           seed, multiplier)
+    # Bindings scoped by the method name (e.g. `prune/updater.update_freq = 1000`) apply
+    # only to that method: configs set the pruning schedule beside the RigL one this way.
+    with gin.config_scope(method):
+        updater = make_updater(method, sparsity, distribution, custom_sparsity,
+                               erk_power_scale, seed, multiplier)
     if dry_run:
         if updater is not None:  # SparseTraining binds it when training
             updater.bind(net, opt, total_steps=total_steps)
@@ -232,7 +250,7 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
     def replica_step(x, y):
         with tf.GradientTape() as tape:
             logits = net(x, training=True)
-            per_example, correct = _loss_terms(spec.task, y, logits)
+            per_example, correct = _loss_terms(spec.task, y, logits, label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch_size)
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))

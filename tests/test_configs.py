@@ -1,0 +1,110 @@
+"""Every gin config parses, dry-runs and smoke-trains (mock data, a few steps)."""
+
+import glob
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+from conftest import ROOT
+
+import rigl
+from rigl.experiments import models, training
+
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, "gin_configs", "**", "*.gin"), recursive=True))
+METHOD_CONFIGS = [c for c in CONFIGS if os.sep + "methods" + os.sep in c]
+EXPERIMENT_CONFIGS = [c for c in CONFIGS if c not in METHOD_CONFIGS]
+
+
+def _train(configs, bindings=(), workdir=None, dry_run=False):
+    gin.clear_config()
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # configs include each other by repository-relative paths
+    try:
+        gin.parse_config_files_and_bindings(list(configs), ["training.verbose=0", *bindings])
+        return training.train(str(workdir) if workdir else None, dry_run=dry_run)
+    finally:
+        os.chdir(cwd)
+        gin.clear_config()
+
+
+def test_every_config_is_covered():
+    assert len(METHOD_CONFIGS) == 8 and len(EXPERIMENT_CONFIGS) >= 9
+    for config in CONFIGS:
+        header = open(os.path.join(ROOT, config)).read().splitlines()[0]
+        assert header.startswith("#"), f"{config} has no header comment"
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
+def test_experiment_config_dry_runs_and_smoke_trains(config, tmp_path, capsys):
+    assert _train([config], dry_run=True) == {}
+    printed = capsys.readouterr().out
+    assert "| layer | kernel shape | sparsity | nonzeros |" in printed
+    assert "steps:" in printed and "learning rate:" in printed
+    results = _train([config], ["training.smoke=True"], workdir=tmp_path)
+    assert results["steps"] == training.SMOKE_STEPS
+    assert np.isfinite(results["test_loss"])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["measured_sparsity"] == pytest.approx(results["measured_sparsity"])
+
+
+@pytest.mark.parametrize("config", METHOD_CONFIGS)
+def test_method_config_composes_with_a_base(config, tmp_path):
+    method = os.path.splitext(os.path.basename(config))[0]
+    base = os.path.join("gin_configs", "mnist_lenet300.gin")
+    results = _train([base, config], ["training.smoke=True"], workdir=tmp_path)
+    assert results["method"] == method
+    dense = method in ("dense", "small_dense")
+    assert results["measured_sparsity"] == pytest.approx(0.0 if dense else 0.9, abs=1e-3) or (
+        method in ("prune",))  # gradual pruning has not started after 3 smoke steps
+
+
+def test_prune_schedule_is_scoped_to_the_prune_method(capsys):
+    config = os.path.join("gin_configs", "imagenet", "resnet50_uniform.gin")
+    _train([config], ["training.method='prune'"], dry_run=True)
+    assert "from 10,000 to T_end = 25,000" in capsys.readouterr().out
+    _train([config], ["training.method='rigl'"], dry_run=True)
+    assert "(every 100, from 0 to T_end = 25,000)" in capsys.readouterr().out
+
+
+def test_multiplier_scales_steps_lr_anchors_and_t_end(capsys):
+    config = os.path.join("gin_configs", "imagenet", "resnet50_erk.gin")
+    _train([config], ["training.multiplier=5"], dry_run=True)
+    out = capsys.readouterr().out
+    assert "steps: 160,000" in out and "T_end = 125,000" in out
+    # LR ÷10 at epoch 30 of 1,281,167 / 4096 examples (step 9,383.55), times 5: 46,918.
+    assert "step 46,918: 0.16" in out
+
+
+def _saturation_loop(shapes, sparsity):
+    """An independent re-derivation of ERK's forced-dense layers (paper's Appendix)."""
+    sizes = {n: float(np.prod(s)) for n, s in shapes.items()}
+    raw = {n: sum(s) / np.prod(s) for n, s in shapes.items()}
+    dense = set()
+    while True:
+        budget = sum(sizes[n] - rigl.distributions.num_zeros(sparsity, int(sizes[n]))
+                     for n in shapes)
+        budget -= sum(sizes[n] for n in dense)
+        eps = budget / sum(raw[n] * sizes[n] for n in shapes if n not in dense)
+        largest = max(raw[n] for n in shapes if n not in dense)
+        if eps * largest <= 1:
+            return dense
+        dense |= {n for n in shapes if n not in dense and raw[n] == largest}
+
+
+def test_erk_on_resnet50_at_80_percent():
+    net = models.build_model("resnet50", (224, 224, 3), 1000)
+    shapes = {name: shape for layer in net.layers if type(layer) in rigl.layers.MASKED_TWINS
+              for name, shape in rigl.layers.kernel_shapes(layer).items()}
+    assert len(shapes) == 54
+    sparsities = rigl.layer_sparsities(shapes, 0.8, "erk")
+    forced_dense = {n for n, s in sparsities.items() if s == 0.0}
+    assert forced_dense == _saturation_loop(shapes, 0.8)
+    assert forced_dense  # at 80% ERK some small layers saturate
+    nonzeros = sum(np.prod(s) - rigl.distributions.num_zeros(sparsities[n], int(np.prod(s)))
+                   for n, s in shapes.items())
+    uniform = sum(np.prod(s) - rigl.distributions.num_zeros(0.8, int(np.prod(s)))
+                  for s in shapes.values())
+    assert abs(nonzeros - uniform) <= len(shapes)
