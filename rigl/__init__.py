@@ -8,6 +8,7 @@ Castro, Elsen, ICML 2020, https://arxiv.org/abs/1911.11134).
     model.fit(ds, callbacks=[rigl.SparseTraining(rigl.RigL(), data=ds)])
 """
 
+from rigl import flops
 from rigl.callbacks import SparseTraining
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
 
@@ -57,6 +58,7 @@ __all__ = [
     "UpdateResult",
     "Updater",
     "drop_and_grow",
+    "flops",
     "get_masks",
     "get_updater",
     "layer_sparsities",

@@ -91,10 +91,25 @@ def test_method_swap_by_one_binding(data_dir, tmp_path, method):
     results = _run(tmp_path, data_dir, [*SHORT, f"training.method={method!r}"])
     assert results["method"] == method
     assert results["test_accuracy"] > 0.5
-    if method == "dense":
+    if method in ("dense", "small_dense"):
         assert results["measured_sparsity"] == 0.0
     else:
         assert results["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    # FLOPs columns (rigl.flops counting; LeNet-300-100 dense forward: 532,810 FLOPs).
+    assert results["dense_inference_flops"] == 532_810
+    inference, train = results["inference_flops_ratio"], results["train_flops_ratio"]
+    if method == "dense":
+        assert inference == train == 1.0
+    elif method == "small_dense":  # as many parameters as the 90% sparse model
+        assert inference == pytest.approx(0.1, abs=0.01) and train == inference
+    elif method == "prune":  # dense until pruning ends at 75% of the run: far above 0.1
+        assert inference == pytest.approx(0.1007, abs=1e-3) and 0.2 < train < 1.0
+    elif method == "snfs":  # 2·f_S + f_D every step
+        assert train == pytest.approx((2 * inference + 1) / 3)
+    elif method == "rigl":  # (3·f_S·ΔT + 2·f_S + f_D) / (ΔT + 1), ΔT = 20
+        assert train == pytest.approx((3 * inference * 20 + 2 * inference + 1) / 21 / 3)
+    else:
+        assert inference == pytest.approx(0.1007, abs=1e-3) and train == inference
 
 
 def test_character_language_model_reports_bits_per_char(data_dir, tmp_path):

@@ -192,8 +192,11 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
                                       distribution, custom_sparsity, erk_power_scale)
             logging.info("small_dense: width multiplier %.4f", width)
             net = build_model(model, spec.input_shape, spec.num_classes, width=width)
+            dense_flops = rigl.flops.dense_inference_flops(
+                build_model(model, spec.input_shape, spec.num_classes))
         else:
             net = build_model(model, spec.input_shape, spec.num_classes)
+            dense_flops = rigl.flops.dense_inference_flops(net)
         if method not in ("dense", "small_dense"):
             net = rigl.sparsify(
                 net, 0.0 if method in DENSE_TO_SPARSE else sparsity, distribution,
@@ -270,6 +273,8 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
     examples_per_step = batch_size * (spec.input_shape[0] if spec.task == "language_model"
                                       else 1)
 
+    flops_log = _FlopsLog(os.path.join(out_dir, "flops_log.json"), net, start_step,
+                          tracks_updates=method in DENSE_TO_SPARSE)
     callback_list.on_train_begin()
     step, started = start_step, time.time()
     base_seconds = float(elapsed.numpy())
@@ -287,10 +292,12 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
                 tf.summary.scalar("learning_rate", lr)
             progbar.update(step, [("loss", loss), ("accuracy", accuracy), ("lr", lr)])
         callback_list.on_train_batch_end(step - 1)
+        flops_log.after_step(step, callbacks[0].history if callbacks else ())
         if step % checkpoint_every_steps == 0 or step == total_steps:
             elapsed.assign(base_seconds + time.time() - started)
             skipped.assign(updater.skipped_updates if updater else 0)
             manager.save(checkpoint_number=step)
+            flops_log.save()
         if eval_every_steps and step % eval_every_steps == 0 and step < total_steps:
             _write_eval(eval_writer, step, evaluate())
     callback_list.on_train_end()
@@ -312,6 +319,7 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
         "skipped_mask_updates": updater.skipped_updates if updater else 0,
         "replica_mask_mismatches": rigl.masking.replica_mismatches(net),
         "gin_config": gin.operative_config_str(),
+        **_flops_results(net, method, flops_log, step, multiplier, updater, dense_flops),
         **metrics,
     }
     if strategies.is_chief(dist):
@@ -322,6 +330,65 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
               f"sparsity {results['measured_sparsity']:.4f} (target {results['sparsity']}), "
               f"{step} steps, {results['train_seconds']:.1f}s train -> {workdir}")
     return results
+
+
+class _FlopsLog:
+    """Inference FLOPs of the masks in use, from which step, over a run (resumes with it).
+
+    Drop-and-grow keeps every layer's nonzero count, hence its FLOPs; only dense-to-sparse
+    methods (pruning, SNIP) change them, so only their updates are measured again.
+    """
+
+    def __init__(self, path, net, start_step, tracks_updates):
+        self.path, self.net, self.tracks_updates = path, net, tracks_updates
+        self.entries = []
+        if start_step and os.path.exists(path):
+            with open(path) as f:
+                self.entries = [e for e in json.load(f) if e[0] <= start_step]
+        if not self.entries or not tracks_updates:
+            self.entries.append((start_step, self.measure()))
+        self._seen = 0
+
+    def measure(self):
+        return rigl.flops.inference_flops(self.net) if rigl.masked_layers(self.net) else (
+            rigl.flops.dense_inference_flops(self.net))
+
+    def after_step(self, step, history):
+        if self.tracks_updates and len(history) > self._seen:
+            self._seen = len(history)
+            # The update ran before this step's gradient step: its masks served from step-1.
+            self.entries.append((step - 1, self.measure()))
+
+    def save(self):
+        if self.tracks_updates:
+            _write_json(self.path, self.entries)
+
+    def average(self, end_step):
+        """Step-weighted mean of the inference FLOPs from the first entry to ``end_step``."""
+        entries = sorted(self.entries, key=lambda entry: entry[0])  # stable: same-step order
+        total = sum(max(0, (entries[i + 1][0] if i + 1 < len(entries) else end_step) - s) * f
+                    for i, (s, f) in enumerate(entries))
+        span = end_step - entries[0][0]
+        return total / span if span > 0 else entries[-1][1]
+
+
+def _flops_results(net, method, flops_log, steps, multiplier, updater,
+                   dense_flops) -> dict:
+    """The paper's FLOPs columns for this run (see rigl.flops for the counting rules).
+
+    ``dense_flops`` is the dense forward FLOPs the ratios are relative to: the model's own,
+    or for Small-Dense the full-width model's.
+    """
+    inference = flops_log.measure()
+    dense = dense_flops
+    average = flops_log.average(steps)
+    per_step_method = {"prune": "static"}.get(method, method)  # prune: 3·mean f(s_t)
+    kwargs = {"update_freq": updater.schedule.update_freq} if method == "rigl" else {}
+    per_step = rigl.flops.train_flops_per_step(per_step_method, dense, average, **kwargs)
+    return {"inference_flops": inference, "dense_inference_flops": dense,
+            "inference_flops_ratio": inference / dense,
+            "train_flops_ratio": per_step * multiplier / (3.0 * dense),
+            "size_mb": rigl.flops.model_size_mb(net)}
 
 
 def _make_evaluator(spec, net, dist, eval_batch_size):
@@ -359,29 +426,21 @@ def _write_eval(writer, step, metrics):
 
 
 def small_dense_width(model: str, input_shape, num_classes: int, sparsity: float,
-                      distribution: str, custom_sparsity=None, erk_power_scale: float = 1.0,
-                      iterations: int = 18) -> float:
+                      distribution: str, custom_sparsity=None,
+                      erk_power_scale: float = 1.0) -> float:
     """Width multiplier of a dense ``model`` with as many parameters as the sparse one.
 
     The target is the parameter count of ``model`` (width 1) sparsified at ``sparsity`` with
-    ``distribution``: all weights minus the masked-out ones. The width is found by bisection
-    (channel counts round, so the result is the largest width whose dense model does not
-    exceed the target, to within 2^-iterations).
+    ``distribution``: every weight minus the masked-out ones (masks themselves not counted).
     """
     reference = build_model(model, input_shape, num_classes, width=1.0)
     sparse = rigl.sparsify(reference, sparsity, distribution, custom_sparsity,
                            erk_power_scale=erk_power_scale)
-    target = sparse.count_params() - sum(
-        int((m == 0).sum()) for m in rigl.get_masks(sparse).values())
-    target -= sum(int(np.prod(w.mask.shape)) for w in rigl.masked_weights(sparse))  # masks
-    low, high = 0.0, 1.0
-    for _ in range(iterations):
-        middle = (low + high) / 2
-        if build_model(model, input_shape, num_classes, width=middle).count_params() <= target:
-            low = middle
-        else:
-            high = middle
-    return low
+    masks = rigl.get_masks(sparse).values()
+    target = reference.count_params() - sum(int((m == 0).sum()) for m in masks)
+    return rigl.flops.solve_width(
+        lambda width: build_model(model, input_shape, num_classes, width=width).count_params(),
+        target)
 
 
 def describe(net, schedule, updater, total_steps: int, steps_per_epoch: int) -> str:
