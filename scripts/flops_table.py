@@ -6,7 +6,7 @@
     python scripts/flops_table.py --paper [--json]
 
 Counting rules: rigl/flops.py. --paper recomputes every FLOPs figure of the ResNet-50 table of
-Evci et al. 2020 (https://arxiv.org/abs/1911.11134, Figure 2-left) with this project's models
+Evci et al. 2020 (https://arxiv.org/abs/1911.11134, Table 2) with this project's models
 and counting, next to the published numbers.
 """
 
@@ -56,7 +56,7 @@ TOTAL_STEPS = flags.DEFINE_integer("total_steps", 32000, "Steps of the 1x run (I
 JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of markdown.")
 PAPER = flags.DEFINE_boolean("paper", False, "Print the paper's ResNet-50 table (80%, 90%).")
 
-# The ResNet-50 numbers published in the paper (Figure 2-left): label -> ((train, test) at
+# The ResNet-50 numbers published in the paper (Table 2): label -> ((train, test) at
 # S=0.8, (train, test) at S=0.9), FLOPs relative to the dense 1x run / dense inference.
 PAPER_TABLE = {
     "Dense": ((1.00, 1.00), (1.00, 1.00)),
@@ -253,7 +253,7 @@ def paper_markdown(table):
     lines = [
         "ResNet-50, ImageNet (224×224, 1000 classes): FLOPs relative to the dense model, this "
         "project's counting (ours) next to the published figures (paper: Evci et al. 2020, "
-        "Figure 2-left).",
+        "Table 2).",
         "",
         f"Dense: {table['dense_inference_flops']:.4g} inference FLOPs "
         f"(paper {table['paper_dense_inference_flops']:.2g}); "

@@ -265,7 +265,7 @@ def test_solve_width():
     assert flops.solve_width(count, count(0.5)) == pytest.approx(0.5, abs=0.01)
 
 
-# ResNet-50: the figures of the paper (Figure 2-left, Appendix H) and of the reference README.
+# ResNet-50: the figures of the paper (Table 2, Appendix H) and of the reference README.
 @pytest.fixture(scope="module")
 def resnet50():
     return models.build_model("resnet50", (224, 224, 3), 1000)
