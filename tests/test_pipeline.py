@@ -237,3 +237,34 @@ def test_prepare_from_recompressed_files_seeds_the_cache(data_dir, tmp_path):
         return int(ds["image"].astype(np.int64).sum()), np.bincount(ds["label"]).tolist()
 
     assert summary(str(tmp_path / "tfds")) == summary(data_dir)
+
+
+def test_validation_split_best_scores_and_mask_snapshots(data_dir, tmp_path):
+    """The original MNIST code's protocol: 55,000 training images, 5,000 for validation."""
+    results = _run(tmp_path, data_dir, [
+        "training.epochs=None", "training.train_steps=150", "training.eval_every_steps=50",
+        "dataset.validation_examples=5000", "training.mask_snapshot_steps=[0, 100]"])
+    history = json.loads((tmp_path / "eval_log.json").read_text())
+    assert [step for step, _ in history] == [50, 100, 150]
+    tests = [metrics["test_accuracy"] for _, metrics in history]
+    validations = [metrics["validation_accuracy"] for _, metrics in history]
+    assert results["best_test_accuracy"] == max(tests)
+    assert results["best_step"] == history[int(np.argmax(tests))][0]
+    assert results["test_accuracy_at_best_validation"] == tests[int(np.argmax(validations))]
+    assert results["validation_accuracy"] == validations[-1]
+    snapshots = sorted(p.name for p in (tmp_path / "mask_snapshots").iterdir())
+    assert snapshots == ["step_0.npz", "step_100.npz"]
+    first, later = (np.load(tmp_path / "mask_snapshots" / n)["fc1"] for n in snapshots)
+    assert first.shape == (784, 300) and first.sum() == later.sum()
+    assert not np.array_equal(first, later)  # RigL moved connections in between
+
+
+def test_validation_examples_are_checked(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="dataset.validation_examples"):
+        _run(tmp_path, data_dir, ["dataset.validation_examples=60000"])
+
+
+def test_best_metrics_of_a_language_model_minimise_bits():
+    history = [(10, {"test_bits_per_char": 3.0}), (20, {"test_bits_per_char": 2.5}),
+               (30, {"test_bits_per_char": 2.7})]
+    assert training._best_metrics(history) == {"best_test_bits_per_char": 2.5, "best_step": 20}

@@ -44,6 +44,7 @@ class DataSpec:
         train_fn: ``train_fn(input_context, per_replica_batch, skip_steps)`` -> an infinite
             ``tf.data.Dataset`` of batches, skipping the first ``skip_steps`` global steps.
         eval_fn: ``eval_fn(input_context, per_replica_batch)`` -> one pass over the test set.
+        validation_fn: the same over the held-out validation examples, if any.
     """
 
     name: str
@@ -53,6 +54,7 @@ class DataSpec:
     num_train_examples: int
     train_fn: Callable
     eval_fn: Callable
+    validation_fn: Callable | None = None
 
 
 def _pipelines(ctx):
@@ -147,32 +149,41 @@ def cifar_preprocess(record, rng_seed):
     return image, tf.cast(record["label"], tf.int32)
 
 
-def _mnist_like(name, source, seed):
-    builder = _tfds_builder(name, source)
-    preprocess = mnist_preprocess
-
+def _image_classification(name, builder, source, seed, preprocess, input_shape, shuffle_buffer,
+                          validation_examples) -> DataSpec:
+    """A TFDS image dataset whose last ``validation_examples`` training examples are held out
+    for validation (the original MNIST code trains on 55,000 and validates on 5,000)."""
+    total = _num_train_examples(builder, source)
+    if isinstance(validation_examples, bool) or not isinstance(validation_examples, int) or (
+            not 0 <= validation_examples < total):
+        raise ValueError(f"dataset.validation_examples: expected an integer in [0, {total}), "
+                         f"got {validation_examples!r}.")
+    keep = total - validation_examples
+    train_split = f"train[:{keep}]" if validation_examples else "train"
+    validation_fn = None
+    if validation_examples:
+        def validation_fn(ctx, batch):
+            return _eval_stream(_records(builder, f"train[{keep}:]"), ctx, batch, preprocess)
     return DataSpec(
-        name=name, task="classification", input_shape=(28, 28, 1), num_classes=10,
-        num_train_examples=_num_train_examples(builder, source),
+        name=name, task="classification", input_shape=input_shape, num_classes=10,
+        num_train_examples=keep,
         train_fn=lambda ctx, batch, skip: _train_stream(
-            _records(builder, "train"), ctx, batch, skip, seed, preprocess, 60_000, cache=True),
+            _records(builder, train_split), ctx, batch, skip, seed, preprocess, shuffle_buffer,
+            cache=True),
         eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
                                                 preprocess),
+        validation_fn=validation_fn,
     )
 
 
-def _cifar10(name, source, seed):
-    builder = _tfds_builder("cifar10", source)
-    preprocess = cifar_preprocess
+def _mnist_like(name, source, seed, validation_examples=0):
+    return _image_classification(name, _tfds_builder(name, source), source, seed,
+                                 mnist_preprocess, (28, 28, 1), 60_000, validation_examples)
 
-    return DataSpec(
-        name=name, task="classification", input_shape=(32, 32, 3), num_classes=10,
-        num_train_examples=_num_train_examples(builder, source),
-        train_fn=lambda ctx, batch, skip: _train_stream(
-            _records(builder, "train"), ctx, batch, skip, seed, preprocess, 50_000, cache=True),
-        eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
-                                                preprocess),
-    )
+
+def _cifar10(name, source, seed, validation_examples=0):
+    return _image_classification(name, _tfds_builder("cifar10", source), source, seed,
+                                 cifar_preprocess, (32, 32, 3), 50_000, validation_examples)
 
 
 def imagenet_preprocessor(image_size: int = 224):
@@ -325,8 +336,9 @@ def get_dataset(name: str, data_dir: str | None = None, download: bool = False, 
         seed: seed of the shuffle and of the augmentation.
         mock: read whatever ``tfds.testing.mock_data`` (active around the whole use of the
             returned spec) provides; epoch sizes stay the real ones.
-        **options: dataset options: ``image_size`` (imagenet2012), ``seq_len`` (language
-            models), ``wikitext_dir`` (wikitext103).
+        **options: dataset options: ``validation_examples`` (mnist, fashion_mnist,
+            cifar10: hold out the last N training examples), ``image_size`` (imagenet2012),
+            ``seq_len`` (language models), ``wikitext_dir`` (wikitext103).
     """
     if name not in DATASETS:
         raise ValueError(f"dataset: unknown dataset {name!r}; allowed: {sorted(DATASETS)}.")

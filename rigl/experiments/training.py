@@ -116,8 +116,8 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
           multiplier: float = 1.0, batch_size: int = 100, eval_batch_size: int = 1000,
           eval_every_steps: int | None = None, checkpoint_every_steps: int = 1000,
           log_every_steps: int = 100, seed: int = 0, strategy: str = "default",
-          label_smoothing: float = 0.0, deterministic: bool = False, smoke: bool = False,
-          dry_run: bool = False,
+          label_smoothing: float = 0.0, mask_snapshot_steps=(), deterministic: bool = False,
+          smoke: bool = False, dry_run: bool = False,
           verbose: int | None = None) -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
@@ -133,11 +133,15 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
         train_steps / epochs: training length (exactly one), before ``multiplier``.
         multiplier: the paper's "Mx" runs: steps, LR anchors and update steps scale by it.
         batch_size, eval_batch_size: global batch sizes.
-        eval_every_steps: evaluate on the test set every so many steps (and at the end).
+        eval_every_steps: evaluate on the test set (and the validation examples, if the
+            dataset holds some out) every so many steps and at the end; results.json
+            reports the final and the best scores.
         checkpoint_every_steps, log_every_steps: checkpoint and summary periods.
         seed: seed of weights, masks, data order and augmentation.
         strategy: "default", "mirrored", "multi_worker" or "tpu" (options: ``strategy.*``).
         label_smoothing: label smoothing of the training loss (evaluation loss has none).
+        mask_snapshot_steps: steps after which every mask is saved to
+            ``mask_snapshots/step_<N>.npz`` (0: the initial masks).
         deterministic: enable TF op determinism (bit-identical reruns on CPU).
         smoke: train ``SMOKE_STEPS`` steps on ``tfds.testing.mock_data`` with small batches
             (and 64×64 ImageNet images) to check a config end to end without its data.
@@ -172,7 +176,8 @@ SMOKE_STEPS, SMOKE_BATCH, SMOKE_EXAMPLES, SMOKE_IMAGE_SIZE = 3, 8, 16, 64
 def _train(workdir, dataset, model, method, sparsity, distribution, custom_sparsity,
            dense_layers, erk_power_scale, train_steps, epochs, multiplier, batch_size,
            eval_batch_size, eval_every_steps, checkpoint_every_steps, log_every_steps, seed,
-           strategy, label_smoothing, deterministic, smoke, dry_run, verbose) -> dict:
+           strategy, label_smoothing, mask_snapshot_steps, deterministic, smoke, dry_run,
+           verbose) -> dict:
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     dist = make_strategy(strategy)  # first: may configure logical devices
@@ -275,6 +280,10 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
 
     flops_log = _FlopsLog(os.path.join(out_dir, "flops_log.json"), net, start_step,
                           tracks_updates=method in DENSE_TO_SPARSE)
+    eval_log = _StepLog(os.path.join(out_dir, "eval_log.json"), start_step)
+    snapshot_steps = set(mask_snapshot_steps)
+    if start_step == 0 and 0 in snapshot_steps:
+        _save_masks(out_dir, 0, net)
     callback_list.on_train_begin()
     step, started = start_step, time.time()
     base_seconds = float(elapsed.numpy())
@@ -297,13 +306,21 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
             elapsed.assign(base_seconds + time.time() - started)
             skipped.assign(updater.skipped_updates if updater else 0)
             manager.save(checkpoint_number=step)
-            flops_log.save()
+            if flops_log.tracks_updates:
+                flops_log.save()
+            eval_log.save()
+        if step in snapshot_steps:
+            _save_masks(out_dir, step, net)
         if eval_every_steps and step % eval_every_steps == 0 and step < total_steps:
-            _write_eval(eval_writer, step, evaluate())
+            eval_log.add(step, evaluate())
+            _write_eval(eval_writer, step, eval_log.entries[-1][1])
     callback_list.on_train_end()
     elapsed.assign(base_seconds + time.time() - started)
     metrics = evaluate()
     _write_eval(eval_writer, step, metrics)
+    if not eval_log.entries or eval_log.entries[-1][0] != step:
+        eval_log.add(step, metrics)
+    eval_log.save()
 
     net.save(os.path.join(out_dir, "model.keras"))
     masked = rigl.masked_layers(net)
@@ -321,6 +338,7 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
         "gin_config": gin.operative_config_str(),
         **_flops_results(net, method, flops_log, step, multiplier, updater, dense_flops),
         **metrics,
+        **_best_metrics(eval_log.entries),
     }
     if strategies.is_chief(dist):
         _write_json(os.path.join(workdir, "results.json"), results)
@@ -332,7 +350,26 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
     return results
 
 
-class _FlopsLog:
+class _StepLog:
+    """(step, value) entries persisted as JSON beside the checkpoints; a resumed run keeps
+    those up to the step it resumes from."""
+
+    def __init__(self, path, start_step):
+        self.path, self.entries = path, []
+        if start_step and os.path.exists(path):
+            with open(path) as f:
+                self.entries = [tuple(e) for e in json.load(f) if e[0] <= start_step]
+
+    def add(self, step, value):
+        self.entries.append((step, value))
+
+    def save(self):
+        _write_json(self.path, self.entries)
+
+
+
+
+class _FlopsLog(_StepLog):
     """Inference FLOPs of the masks in use, from which step, over a run (resumes with it).
 
     Drop-and-grow keeps every layer's nonzero count, hence its FLOPs; only dense-to-sparse
@@ -340,13 +377,10 @@ class _FlopsLog:
     """
 
     def __init__(self, path, net, start_step, tracks_updates):
-        self.path, self.net, self.tracks_updates = path, net, tracks_updates
-        self.entries = []
-        if start_step and os.path.exists(path):
-            with open(path) as f:
-                self.entries = [e for e in json.load(f) if e[0] <= start_step]
-        if not self.entries or not tracks_updates:
-            self.entries.append((start_step, self.measure()))
+        super().__init__(path, start_step if tracks_updates else 0)
+        self.net, self.tracks_updates = net, tracks_updates
+        if not self.entries:
+            self.add(start_step, self.measure())
         self._seen = 0
 
     def measure(self):
@@ -357,11 +391,7 @@ class _FlopsLog:
         if self.tracks_updates and len(history) > self._seen:
             self._seen = len(history)
             # The update ran before this step's gradient step: its masks served from step-1.
-            self.entries.append((step - 1, self.measure()))
-
-    def save(self):
-        if self.tracks_updates:
-            _write_json(self.path, self.entries)
+            self.add(step - 1, self.measure())
 
     def average(self, end_step):
         """Step-weighted mean of the inference FLOPs from the first entry to ``end_step``."""
@@ -392,6 +422,8 @@ def _flops_results(net, method, flops_log, steps, multiplier, updater,
 
 
 def _make_evaluator(spec, net, dist, eval_batch_size):
+    """``evaluate()`` -> test metrics (and validation metrics when the dataset holds some
+    out), summed over replicas: ``test_accuracy`` or ``test_bits_per_char``, ``test_loss``."""
     def replica_eval(x, y):
         logits = net(x, training=False)
         per_example, correct = _loss_terms(spec.task, y, logits)
@@ -403,19 +435,46 @@ def _make_evaluator(spec, net, dist, eval_batch_size):
     def eval_step(batch):
         return [dist.reduce("SUM", v, axis=None) for v in dist.run(replica_eval, args=batch)]
 
-    def evaluate() -> dict:
-        test = dist.distribute_datasets_from_function(
-            lambda ctx: spec.eval_fn(ctx, ctx.get_per_replica_batch_size(eval_batch_size)))
+    def metrics(prefix, dataset_fn) -> dict:
+        batches = dist.distribute_datasets_from_function(
+            lambda ctx: dataset_fn(ctx, ctx.get_per_replica_batch_size(eval_batch_size)))
         totals = np.zeros(3)
-        for batch in test:
+        for batch in batches:
             totals += [float(v) for v in eval_step(batch)]
         loss_sum, correct, count = totals
         if spec.task == "language_model":
-            return {"test_bits_per_char": loss_sum / count / np.log(2.0),
-                    "test_loss": loss_sum / count}
-        return {"test_accuracy": correct / count, "test_loss": loss_sum / count}
+            return {f"{prefix}_bits_per_char": loss_sum / count / np.log(2.0),
+                    f"{prefix}_loss": loss_sum / count}
+        return {f"{prefix}_accuracy": correct / count, f"{prefix}_loss": loss_sum / count}
+
+    def evaluate() -> dict:
+        results = metrics("test", spec.eval_fn)
+        if spec.validation_fn is not None:
+            results.update(metrics("validation", spec.validation_fn))
+        return results
 
     return evaluate
+
+
+def _best_metrics(history) -> dict:
+    """Best test score over the evaluations of a run, and the test score where validation
+    was best (the original MNIST code's model selection)."""
+    key, better = (("test_accuracy", max) if "test_accuracy" in history[-1][1]
+                   else ("test_bits_per_char", min))
+    step, best = better(history, key=lambda entry: entry[1][key])
+    results = {f"best_{key}": best[key], "best_step": step}
+    validation_key = key.replace("test", "validation")
+    if validation_key in history[-1][1]:
+        _, at_best = better(history, key=lambda entry: entry[1][validation_key])
+        results[f"{key}_at_best_validation"] = at_best[key]
+    return results
+
+
+def _save_masks(out_dir, step, net):
+    """Masks at ``step`` (after that many optimizer steps) as ``mask_snapshots/step_N.npz``."""
+    folder = os.path.join(out_dir, "mask_snapshots")
+    os.makedirs(folder, exist_ok=True)
+    np.savez_compressed(os.path.join(folder, f"step_{step}.npz"), **rigl.get_masks(net))
 
 
 def _write_eval(writer, step, metrics):
