@@ -12,8 +12,10 @@ from conftest import ROOT
 import rigl
 from rigl.experiments import models, training
 
+# Experiment configs; gin_configs/sweeps/ holds sweep grids (tests/test_sweep.py).
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
-    os.path.join(ROOT, "gin_configs", "**", "*.gin"), recursive=True))
+    os.path.join(ROOT, "gin_configs", "**", "*.gin"), recursive=True)
+    if os.sep + "sweeps" + os.sep not in p)
 METHOD_CONFIGS = [c for c in CONFIGS if os.sep + "methods" + os.sep in c]
 EXPERIMENT_CONFIGS = [c for c in CONFIGS if c not in METHOD_CONFIGS]
 
