@@ -5,6 +5,7 @@ import json
 import os
 
 import gin
+import keras
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -50,6 +51,9 @@ def test_experiment_config_dry_runs_and_smoke_trains(config, tmp_path, capsys):
     assert np.isfinite(results["test_loss"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["measured_sparsity"] == pytest.approx(results["measured_sparsity"])
+    # The saved model (optimizer, schedule and loss included) loads after `import rigl`.
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert rigl.get_masks(loaded).keys() == saved["layer_sparsity"].keys()
 
 
 @pytest.mark.parametrize("config", METHOD_CONFIGS)

@@ -75,19 +75,9 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
                             grow_init=grow_init, **schedule)
 
 
-def cross_entropy(labels, logits, label_smoothing: float = 0.0):
-    """Softmax cross-entropy of integer ``labels``, optionally with label smoothing."""
-    if not label_smoothing:
-        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    # Keras casts y_true to the logits dtype when it calls a compiled loss.
-    one_hot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=logits.dtype)
-    return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True,
-                                                 label_smoothing=label_smoothing)
-
-
 def _loss_terms(task: str, labels, logits, label_smoothing: float = 0.0):
     """Per-example loss (nats; mean over positions for language models) and correct count."""
-    xent = cross_entropy(labels, logits, label_smoothing)
+    xent = optim.cross_entropy(labels, logits, label_smoothing)
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
     if task == "language_model":
         return tf.reduce_mean(xent, axis=-1), tf.reduce_sum(correct)
@@ -213,7 +203,7 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
         opt = make_optimizer(schedule)
         # compile() only attaches the optimizer and the loss RigL/SNIP take gradients of.
         net.compile(optimizer=opt,
-                    loss=lambda y, logits: cross_entropy(y, logits, label_smoothing))
+                    loss=optim.SparseCrossEntropy(label_smoothing))
         opt.build(net.trainable_variables)
         elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
         skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_mask_updates")
