@@ -153,16 +153,6 @@ class LayerFlops:
 # Reading the model.
 
 
-def _walk(model) -> list:
-    """All layers of ``model``, descending into nested Sequential/functional models."""
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers.extend(_walk(layer))
-    return layers
-
-
 def _input_tensor(layer):
     nodes = getattr(layer, "_inbound_nodes", [])
     if len(nodes) != 1:
@@ -248,7 +238,7 @@ def layer_specs(model) -> list[LayerSpec]:
             a counted layer is shared or has unknown input dims.
     """
     _check_model(model)
-    specs = [spec for layer in _walk(model) for spec in _layer_specs(layer)]
+    specs = [spec for layer in masking.walk_layers(model) for spec in _layer_specs(layer)]
     if not specs:
         raise ValueError("model: has no Conv2D, DepthwiseConv2D, Dense or GRU layer to count.")
     names = [spec.name for spec in specs]
