@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Runs a sweep (a grid of scripts/train.py runs), resumable, then aggregates it.
+
+    python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin
+    python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin --dry_run
+    python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin --aggregate_only
+
+Each run trains in its own subprocess in `<root>/<run name>/` (default root:
+workdirs/sweeps/<sweep name>). Runs with a results.json are skipped and unfinished ones resume
+from their checkpoints, so an interrupted sweep continues where it stopped when started again
+with the same command. Afterwards (or with --aggregate_only) every finished run's results.json
+is copied to `<results_dir>/runs/<run name>/` (default results_dir: results/<sweep name>) and
+table.md, table.csv and the plots are built from those copies. The sweep file format is
+documented in rigl/experiments/sweep.py.
+"""
+
+import importlib.util
+import os
+import sys
+
+from absl import app, flags
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+SWEEP = flags.DEFINE_string("sweep", None, "Sweep definition (gin_configs/sweeps/*.gin).")
+RUN_ROOT = flags.DEFINE_string("root", None, "Folder of the run workdirs (default: "
+                               "workdirs/sweeps/<sweep name> in the repository).")
+RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Where tables, plots and copies of "
+                                  "results.json go (default: results/<sweep name>).")
+AGGREGATE_ONLY = flags.DEFINE_bool("aggregate_only", False, "Train nothing: collect finished "
+                                   "runs and write the tables and plots.")
+DRY_RUN = flags.DEFINE_bool("dry_run", False, "List every run, its status and its command; "
+                            "train and write nothing.")
+MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Train at most this many unfinished runs, "
+                                "then aggregate and stop.", lower_bound=0)
+EXTRA_BINDINGS = flags.DEFINE_multi_string("extra_bindings", [], "Gin bindings appended to "
+                                           "every run's (e.g. training.smoke=True).")
+flags.mark_flag_as_required("sweep")
+
+
+def _sweep_library():
+    """rigl/experiments/sweep.py, loaded without the rigl package: `import rigl` loads
+    TensorFlow (seconds of start-up) and this process never needs it, training runs in
+    subprocesses. The module imports only the standard library, numpy, gin and matplotlib."""
+    path = os.path.join(ROOT, "rigl", "experiments", "sweep.py")
+    spec = importlib.util.spec_from_file_location("rigl_experiments_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if AGGREGATE_ONLY.value and DRY_RUN.value:
+        raise app.UsageError("--aggregate_only and --dry_run exclude each other.")
+    sweeps = _sweep_library()
+    repo = os.path.abspath(ROOT)
+    try:
+        definition = sweeps.load_sweep(SWEEP.value)
+        root = os.path.abspath(RUN_ROOT.value or os.path.join(repo, "workdirs", "sweeps",
+                                                              definition.name))
+        results_dir = os.path.abspath(RESULTS_DIR.value or os.path.join(repo, "results",
+                                                                       definition.name))
+        planned = sweeps.plan(definition, root, repo, EXTRA_BINDINGS.value)
+        if DRY_RUN.value:
+            print(sweeps.describe_plan(planned))
+            return 0
+        failed = []
+        if not AGGREGATE_ONLY.value:
+            report = sweeps.run_sweep(planned, root, repo, max_runs=MAX_RUNS.value)
+            failed = report.failed
+            print(f"sweep {definition.name}: {len(report.ran)} trained, {len(report.skipped)} "
+                  f"already finished, {len(report.failed)} failed, {len(report.left)} left.")
+        sweeps.aggregate_sweep(definition, planned, results_dir)
+    except sweeps.SweepError as error:
+        sys.exit(f"error: {error}")
+    if failed:
+        sys.exit(f"failed runs: {', '.join(failed)} (see their train.log)")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
