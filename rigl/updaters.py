@@ -96,12 +96,75 @@ def floor_count(fraction, n):
     return tf.cast(tf.floor(tf.round(product * 1e6) / 1e6), tf.int32)
 
 
-def top_k_mask(scores, k):
-    """Boolean mask of the ``k`` largest entries of flat ``scores``; ties -> lower index."""
+_RADIX_BITS = 16
+_RADIX_BINS = 1 << _RADIX_BITS
+# Scores of these types convert to float32 exactly and in order, so they use the radix
+# selection below; any other type (float64) falls back to a stable sort.
+_RADIX_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+
+
+def _order_keys(scores):
+    """int32 keys ordered like the float32 ``scores`` as TensorFlow compares them.
+
+    IEEE floats are sign-magnitude, so the magnitude bits order non-negative floats and their
+    negation orders negative ones. Subnormals (and -0.0) become 0: TensorFlow's kernels run
+    with denormals flushed to zero, so the sort this replaces saw them all equal to zero.
+    """
+    bits = tf.bitcast(scores, tf.int32)
+    smallest_normal = 0x00800000
+    magnitude = tf.maximum(tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), smallest_normal - 1)
+    magnitude -= smallest_normal - 1
+    return tf.where(bits < 0, -magnitude, magnitude)
+
+
+def _histogram_bucket(histogram, k):
+    """The highest bucket b with at least ``k`` entries at or above it, and the number of
+    entries still to take from b (``k`` minus the entries above b)."""
+    at_or_above = tf.cumsum(histogram, reverse=True)
+    bucket = tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1
+    bucket = tf.maximum(bucket, 0)
+    return bucket, k - (at_or_above[bucket] - histogram[bucket])
+
+
+def _top_k_mask_sorted(scores, k):
     n = tf.size(scores)
     order = tf.argsort(scores, direction="DESCENDING", stable=True)
     ranks = tf.scatter_nd(order[:, None], tf.range(n), [n])
     return ranks < k
+
+
+def top_k_mask(scores, k):
+    """Boolean mask of the ``k`` largest entries of flat ``scores``; ties -> lower index.
+
+    The same function as a stable descending sort cut after ``k`` entries, computed in
+    linear time by a two-pass radix selection: order-preserving int32 keys, a 2^16-bucket
+    histogram of their high halves finds the bucket holding the k-th largest key, a
+    histogram of the low halves of that bucket's keys finds the key itself (the threshold
+    T), and ``keys >= T`` is the answer unless several entries equal T and only some of them
+    fit, in which case the lowest-index ones are taken (a cumulative count). ``k`` is an
+    int32 tensor (clipped to [0, size]); nothing depends on its value at trace time.
+    """
+    if scores.dtype not in _RADIX_DTYPES:
+        return _top_k_mask_sorted(scores, k)
+    keys = _order_keys(tf.cast(scores, tf.float32))
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(keys))
+    high = tf.bitwise.right_shift(keys, _RADIX_BITS) + _RADIX_BINS // 2  # in [0, 2^16)
+    high_bucket, need = _histogram_bucket(
+        tf.math.bincount(high, minlength=_RADIX_BINS, maxlength=_RADIX_BINS), k)
+    low = tf.bitwise.bitwise_and(tf.boolean_mask(keys, tf.equal(high, high_bucket)),
+                                 _RADIX_BINS - 1)
+    low_histogram = tf.math.bincount(low, minlength=_RADIX_BINS, maxlength=_RADIX_BINS)
+    low_bucket, rest = _histogram_bucket(low_histogram, need)
+    threshold = (high_bucket - _RADIX_BINS // 2) * _RADIX_BINS + low_bucket
+
+    def lowest_index_ties():
+        ties = tf.equal(keys, threshold)
+        first = tf.cumsum(tf.cast(ties, tf.int32)) <= rest
+        return tf.logical_or(keys > threshold, tf.logical_and(ties, first))
+
+    chosen = tf.cond(rest >= low_histogram[low_bucket],
+                     lambda: keys >= threshold, lowest_index_ties)
+    return tf.logical_and(chosen, k > 0)
 
 
 def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
