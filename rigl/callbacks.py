@@ -12,10 +12,17 @@ from rigl.updaters import Updater, UpdateResult
 class SparseTraining(keras.callbacks.Callback):
     """Runs an updater's mask updates at its scheduled steps during ``model.fit``.
 
-    The step is read from ``optimizer.iterations`` (not the per-epoch ``batch`` index), so
-    resumed runs and ``steps_per_execution > 1`` stay on schedule: an update whose step
-    fell inside a multi-step execution runs at the start of the next one. Two updates cannot
-    fall inside one execution: ``update_freq < steps_per_execution`` is rejected.
+    The step is ``optimizer.iterations`` (not the per-epoch ``batch`` index), so resumed runs
+    and ``steps_per_execution > 1`` stay on schedule: an update whose step fell inside a
+    multi-step execution runs at the start of the next one. Two updates cannot fall inside
+    one execution: ``update_freq < steps_per_execution`` is rejected.
+
+    Reading ``optimizer.iterations`` is a device-to-host copy, so it is read once at the
+    start of training and of every epoch, and counted on the host in between: every call of
+    ``on_train_batch_begin`` stands for one execution of ``steps_per_execution`` optimizer
+    steps, as in ``model.fit`` (an execution cut short by the end of the data ends the
+    epoch, and the count is read again at the next one). Before an update the count is
+    checked against ``optimizer.iterations``, and the true step wins.
 
     Example:
         >>> updater = rigl.RigL(update_freq=100, drop_fraction=0.3)
@@ -68,9 +75,10 @@ class SparseTraining(keras.callbacks.Callback):
                 f"update_freq: {schedule.update_freq} is smaller than the model's "
                 f"steps_per_execution ({per_execution}); callbacks run once per execution, so "
                 "updates would be lost. Use update_freq >= steps_per_execution.")
+        self._per_execution = per_execution
         total = self.total_steps or self._fit_steps()
         self.updater.bind(self.model, self.model.optimizer, total_steps=total)
-        step = int(self.model.optimizer.iterations.numpy())
+        step = self._read_step()
         # Updates scheduled before the current step already happened (resumed training).
         self._last_done = self.updater.last_update_step(step - 1)
         if self.updater.needs_gradients:
@@ -78,6 +86,14 @@ class SparseTraining(keras.callbacks.Callback):
         if self.log_dir:
             self._writer = tf.summary.create_file_writer(self.log_dir)
             self._write_sparsity(step)
+
+    def _read_step(self) -> int:
+        """Reads ``optimizer.iterations`` (a host sync) and restarts the host count from it."""
+        self._step = int(self.model.optimizer.iterations.numpy())
+        return self._step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._read_step()
 
     def _batches(self):
         data = self.data
@@ -89,16 +105,27 @@ class SparseTraining(keras.callbacks.Callback):
         return iter(data)
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        due = self.updater.last_update_step(step)
-        if due is None or (self._last_done is not None and due <= self._last_done):
+        step = self._step
+        self._step += self._per_execution
+        if not self._is_due(step):
             return
+        true_step = int(self.model.optimizer.iterations.numpy())
+        if true_step != step:  # a caller that does not step like model.fit: trust the optimizer
+            self._step = true_step + self._per_execution
+            if not self._is_due(true_step):
+                return
+            step = true_step
+        due = self.updater.last_update_step(step)
         self._last_done = due
         batch_data = next(self._iterator) if self._iterator is not None else None
         result = self.updater.update(due, batch=batch_data, loss_fn=self.loss_fn)
         self.history.append(result)
         if self._writer is not None:
             self._write_update(result)
+
+    def _is_due(self, step: int) -> bool:
+        due = self.updater.last_update_step(step)
+        return due is not None and (self._last_done is None or due > self._last_done)
 
     def _write_sparsity(self, step: int) -> None:
         with self._writer.as_default(step=step):

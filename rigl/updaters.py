@@ -16,7 +16,8 @@ https://arxiv.org/abs/1911.11134), Section 3:
 * ties break by position (lower flat index first), so updates are deterministic;
 * an update whose weights or scores hold NaN/Inf changes nothing and is counted.
 
-Updates run in one ``tf.function`` traced once, in the cross-replica context of the model's
+Updates run in one ``tf.function`` traced once (binding again to the same model, as every
+``model.fit`` call does, keeps it), in the cross-replica context of the model's
 distribution strategy: every replica's copy of a mask receives the same value, and random
 scores come from stateless ops seeded by (seed, layer name, step), so every worker draws the
 same numbers.
@@ -96,11 +97,28 @@ def floor_count(fraction, n):
     return tf.cast(tf.floor(tf.round(product * 1e6) / 1e6), tf.int32)
 
 
+# ------------------------------------------------------------------------------ selection
+#
+# Every update selects, per layer, the k largest of n scores twice (what to keep, what to
+# grow), with ties to the lower index. A stable sort does that in O(n log n) on one core; the
+# radix selection below is the same function in a few linear passes: int32 keys that order
+# like the scores, a 2^16-bucket histogram of the keys' high halves to find the bucket of the
+# k-th largest key, a histogram of the low halves within that bucket to find the key itself
+# (the threshold T), then "key > T, or key == T and among the first ties by index". The
+# elementwise passes are compiled with XLA (fused into one pass each); the histograms and the
+# compaction stay ordinary TensorFlow ops, which XLA compiles badly on CPU (scatter) or not
+# at all (dynamic shapes). k is a tensor: nothing depends on its value at trace time.
+
 _RADIX_BITS = 16
 _RADIX_BINS = 1 << _RADIX_BITS
 # Scores of these types convert to float32 exactly and in order, so they use the radix
-# selection below; any other type (float64) falls back to a stable sort.
+# selection; any other type (float64) falls back to a stable sort.
 _RADIX_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+# Below this many scores a sort is faster than the radix selection's fixed cost (two 2^16-bucket
+# histograms, ~0.5 ms on CPU); both compute the same function. Layers this small also skip XLA.
+_RADIX_MIN_SIZE = 1 << 13
+_SHORT_HISTOGRAM = 1 << 14
+_SMALLEST_NORMAL = 0x00800000  # bits of the smallest positive normal float32
 
 
 def _order_keys(scores):
@@ -111,21 +129,107 @@ def _order_keys(scores):
     with denormals flushed to zero, so the sort this replaces saw them all equal to zero.
     """
     bits = tf.bitcast(scores, tf.int32)
-    smallest_normal = 0x00800000
-    magnitude = tf.maximum(tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), smallest_normal - 1)
-    magnitude -= smallest_normal - 1
+    magnitude = tf.maximum(tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), _SMALLEST_NORMAL - 1)
+    magnitude -= _SMALLEST_NORMAL - 1
     return tf.where(bits < 0, -magnitude, magnitude)
 
 
+_NEG_INF_KEY = -(0x7F800000 - (_SMALLEST_NORMAL - 1))  # _order_keys(-inf)
+
+
+_FLAT = tf.TensorSpec([None], tf.float32)
+_FLAT_BOOL = tf.TensorSpec([None], tf.bool)
+_FLAT_INT = tf.TensorSpec([None], tf.int32)
+_INT = tf.TensorSpec([], tf.int32)
+
+# The per-layer pieces are tf.functions of flat tensors of any length, traced once and
+# called for every layer: an update of ResNet-50 (54 layers, two selections each) would
+# otherwise build tens of thousands of graph ops. XLA still compiles each length it meets.
+
+
+@tf.function(jit_compile=True, input_signature=[_FLAT, _FLAT_BOOL])
+def _keys_of(scores, include):
+    """Keys of ``where(include, scores, -inf)``, their high halves as bucket numbers in
+    [0, 2^16), and whether every score (included or not) is finite."""
+    keys = tf.where(include, _order_keys(scores), _NEG_INF_KEY)
+    high = tf.bitwise.right_shift(keys, _RADIX_BITS) + _RADIX_BINS // 2
+    return keys, high, tf.reduce_all(tf.math.is_finite(scores))
+
+
+@tf.function(jit_compile=True, input_signature=[_FLAT_INT, _INT, _INT])
+def _keys_at_or_above(keys, threshold, last_tie):
+    """``keys > threshold``, or ``== threshold`` at flat index <= ``last_tie``."""
+    index = tf.range(tf.size(keys))
+    return (keys > threshold) | ((keys == threshold) & (index <= last_tie))
+
+
+# The helpers below hold no Python control flow on tensors: autograph would only slow their
+# tracing (an update traces them once per layer and selection).
+_plain = tf.autograph.experimental.do_not_convert
+
+
+@_plain
 def _histogram_bucket(histogram, k):
     """The highest bucket b with at least ``k`` entries at or above it, and the number of
-    entries still to take from b (``k`` minus the entries above b)."""
-    at_or_above = tf.cumsum(histogram, reverse=True)
-    bucket = tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1
-    bucket = tf.maximum(bucket, 0)
-    return bucket, k - (at_or_above[bucket] - histogram[bucket])
+    entries still to take from b (``k`` minus the entries above b).
+
+    Two levels of 256 buckets each, because a cumulative sum over all 2^16 buckets is a slow
+    serial scan on CPU.
+    """
+    rows = tf.reshape(histogram, [256, _RADIX_BINS // 256])
+    row_totals = tf.reduce_sum(rows, axis=1)
+    at_or_above = tf.cumsum(row_totals, reverse=True)
+    row = tf.maximum(tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1, 0)
+    counts = tf.gather(rows, row)
+    at_or_above = tf.cumsum(counts, reverse=True) + (
+        tf.gather(at_or_above, row) - tf.gather(row_totals, row))
+    column = tf.maximum(tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1, 0)
+    remaining = k - (tf.gather(at_or_above, column) - tf.gather(counts, column))
+    return row * (_RADIX_BINS // 256) + column, remaining, tf.gather(counts, column)
 
 
+@_plain
+def _histogram(values):
+    """Counts of each value of ``values`` in [0, 2^16).
+
+    DenseBincount (multithreaded) has a fixed cost of ~0.3 ms on CPU, a serial scatter-add
+    (unsorted_segment_sum) ~20 ns per value: the first for long inputs, the second for short
+    ones (typically the second pass, over one bucket). DenseBincount gets a constant size:
+    ``tf.math.bincount`` would also compute ``max(values)``, one more pass.
+    """
+    return tf.cond(
+        tf.size(values) < _SHORT_HISTOGRAM,
+        lambda: tf.math.unsorted_segment_sum(tf.ones_like(values), values, _RADIX_BINS),
+        lambda: tf.raw_ops.DenseBincount(input=values, size=_RADIX_BINS,
+                                         weights=tf.zeros([0], tf.int32)))
+
+
+# Not inlined into the update's graph: 100 inlined copies (two per layer) would make graph
+# optimisation at the first update take seconds.
+@tf.function(input_signature=[_FLAT_INT, _FLAT_INT, _INT],
+             experimental_attributes={"_noinline": True})
+def _select(keys, high, k):
+    """Mask of the ``k`` largest ``keys`` (ties -> lower index), ``high`` their buckets."""
+    n = tf.size(keys)
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, n)
+    high_bucket, need, _ = _histogram_bucket(_histogram(high), k)
+    low = tf.bitwise.bitwise_and(tf.boolean_mask(keys, tf.equal(high, high_bucket)),
+                                 _RADIX_BINS - 1)
+    low_bucket, rest, ties = _histogram_bucket(_histogram(low), need)
+    threshold = (high_bucket - _RADIX_BINS // 2) * _RADIX_BINS + low_bucket
+    # Only when some but not all of the keys equal to T fit is the index of the last one
+    # taken needed (one more pass); k == 0 selects nothing.
+    last_tie = tf.cond(
+        rest >= ties,
+        lambda: n,
+        lambda: tf.cast(tf.gather(tf.where(tf.equal(keys, threshold))[:, 0],
+                                  tf.maximum(rest - 1, 0)), tf.int32))
+    threshold = tf.where(k > 0, threshold, tf.int32.max)
+    last_tie = tf.where(k > 0, last_tie, -1)
+    return _keys_at_or_above(keys, threshold, last_tie)
+
+
+@_plain
 def _top_k_mask_sorted(scores, k):
     n = tf.size(scores)
     order = tf.argsort(scores, direction="DESCENDING", stable=True)
@@ -133,45 +237,46 @@ def _top_k_mask_sorted(scores, k):
     return ranks < k
 
 
+@_plain
+def _masked_top_k(scores, k, include):
+    """``top_k_mask(where(include, scores, -inf), k)`` and whether all scores are finite."""
+    size = scores.shape.num_elements()
+    if scores.dtype not in _RADIX_DTYPES or (size is not None and size < _RADIX_MIN_SIZE):
+        masked = tf.where(include, scores, tf.constant(-np.inf, scores.dtype))
+        return _top_k_mask_sorted(masked, k), tf.reduce_all(tf.math.is_finite(scores))
+    keys, high, finite = _keys_of(tf.cast(scores, tf.float32), include)
+    return _select(keys, high, tf.cast(k, tf.int32)), finite
+
+
+@_plain
 def top_k_mask(scores, k):
     """Boolean mask of the ``k`` largest entries of flat ``scores``; ties -> lower index.
 
-    The same function as a stable descending sort cut after ``k`` entries, computed in
-    linear time by a two-pass radix selection: order-preserving int32 keys, a 2^16-bucket
-    histogram of their high halves finds the bucket holding the k-th largest key, a
-    histogram of the low halves of that bucket's keys finds the key itself (the threshold
-    T), and ``keys >= T`` is the answer unless several entries equal T and only some of them
-    fit, in which case the lowest-index ones are taken (a cumulative count). ``k`` is an
-    int32 tensor (clipped to [0, size]); nothing depends on its value at trace time.
+    The same function as a stable descending sort cut after ``k`` entries, in linear time
+    (a radix selection, see above); ``k`` is an int32 tensor, clipped to [0, size].
     """
-    if scores.dtype not in _RADIX_DTYPES:
-        return _top_k_mask_sorted(scores, k)
-    keys = _order_keys(tf.cast(scores, tf.float32))
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, tf.size(keys))
-    high = tf.bitwise.right_shift(keys, _RADIX_BITS) + _RADIX_BINS // 2  # in [0, 2^16)
-    high_bucket, need = _histogram_bucket(
-        tf.math.bincount(high, minlength=_RADIX_BINS, maxlength=_RADIX_BINS), k)
-    low = tf.bitwise.bitwise_and(tf.boolean_mask(keys, tf.equal(high, high_bucket)),
-                                 _RADIX_BINS - 1)
-    low_histogram = tf.math.bincount(low, minlength=_RADIX_BINS, maxlength=_RADIX_BINS)
-    low_bucket, rest = _histogram_bucket(low_histogram, need)
-    threshold = (high_bucket - _RADIX_BINS // 2) * _RADIX_BINS + low_bucket
-
-    def lowest_index_ties():
-        ties = tf.equal(keys, threshold)
-        first = tf.cumsum(tf.cast(ties, tf.int32)) <= rest
-        return tf.logical_or(keys > threshold, tf.logical_and(ties, first))
-
-    chosen = tf.cond(rest >= low_histogram[low_bucket],
-                     lambda: keys >= threshold, lowest_index_ties)
-    return tf.logical_and(chosen, k > 0)
+    return _masked_top_k(scores, k, tf.ones_like(scores, tf.bool))[0]
 
 
+@_plain
+def _drop_and_grow(active, drop_scores, grow_scores, n_drop, n_grow):
+    """``drop_and_grow`` on a boolean ``active`` mask; also returns whether the scores were
+    all finite."""
+    n_active = tf.reduce_sum(tf.cast(active, tf.int32))
+    kept, finite = _masked_top_k(drop_scores, n_active - n_drop, active)
+    if grow_scores is None:
+        return kept, finite
+    grown, grow_finite = _masked_top_k(grow_scores, n_grow, tf.logical_not(kept))
+    return tf.logical_or(kept, grown), tf.logical_and(finite, grow_finite)
+
+
+@_plain
 def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
     """The one drop-and-grow routine every updater uses (flat tensors).
 
     Keeps the ``n_active - n_drop`` active positions with the highest ``drop_scores``, then
-    grows ``n_grow`` positions with the highest ``grow_scores`` among those not kept.
+    grows ``n_grow`` positions with the highest ``grow_scores`` among those not kept. Ties
+    break by position (lower flat index first).
 
     Args:
         mask: flat 0/1 float tensor.
@@ -183,19 +288,44 @@ def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
     Returns:
         The new flat boolean mask.
     """
+    return _drop_and_grow(mask > 0, drop_scores, grow_scores, n_drop, n_grow)[0]
+
+
+@_plain
+def _is_finite(tensor):
+    return tf.reduce_all(tf.math.is_finite(tensor))
+
+
+@_plain
+def _apply_update(new, ok, mask, weights, grown_values, slots):
+    """The new kernel, mask and optimizer slots of one layer, fused into one pass.
+
+    ``new`` is the selected mask, used only if ``ok`` (otherwise the mask stays); kept and
+    regrown connections keep their weight and slots, truly new ones (born) start at
+    ``grown_values`` (None: zero) with zeroed slots, dropped ones become zero.
+    """
     active = mask > 0
-    n_active = tf.reduce_sum(tf.cast(active, tf.int32))
-    neg_inf = tf.constant(-np.inf, drop_scores.dtype)
-    kept = top_k_mask(tf.where(active, drop_scores, neg_inf), n_active - n_drop)
-    if grow_scores is None:
-        return kept
-    grow_scores = tf.where(kept, tf.constant(-np.inf, grow_scores.dtype), grow_scores)
-    return tf.logical_or(kept, top_k_mask(grow_scores, n_grow))
+    new = tf.logical_and(new, ok) | tf.logical_and(active, tf.logical_not(ok))
+    born = tf.logical_and(new, tf.logical_not(active))
+    zeros = tf.zeros_like(weights)
+    weights = tf.where(new, weights, zeros)
+    if grown_values is not None:
+        weights = tf.where(born, tf.cast(grown_values, weights.dtype), weights)
+    else:
+        weights = tf.where(born, zeros, weights)
+    slots = [tf.where(born, tf.zeros_like(slot), slot) for slot in slots]
+    return weights, tf.cast(new, mask.dtype), slots, tf.reduce_sum(tf.cast(born, tf.int32))
 
 
-def _all_finite(*tensors) -> tf.Tensor:
-    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None]
-    return tf.reduce_all(tf.stack(checks))
+_is_finite_xla = tf.function(_is_finite, jit_compile=True, reduce_retracing=True)
+_apply_update_xla = tf.function(_apply_update, jit_compile=True, reduce_retracing=True)
+
+
+def _fused(function, compiled, tensor):
+    """``compiled`` (XLA) for large flat tensors, where fusing the passes pays; ``function``
+    inline for small ones, where compiling each new size would cost more than it saves."""
+    size = tensor.shape.num_elements()
+    return function if size is not None and size < _RADIX_MIN_SIZE else compiled
 
 
 class Updater(abc.ABC):
@@ -246,7 +376,7 @@ class Updater(abc.ABC):
         self.grow_init = grow_init
         self.seed = _check_int("seed", seed, 0)
         self.skipped_updates = 0
-        self._model = None
+        self._model = self._optimizer = self._binding = None
 
     # ----------------------------------------------------------------------------- hooks
     def drop_scores(self, layer: LayerView) -> tf.Tensor:
@@ -271,7 +401,9 @@ class Updater(abc.ABC):
         """Attaches the updater to a sparsified ``model`` and its ``optimizer``.
 
         Builds the optimizer if needed (so that slots exist), resolves the default end step
-        from ``total_steps`` and compiles the update function.
+        from ``total_steps`` and compiles the update function. Binding again to the same
+        model and optimizer with the same configuration (``model.fit`` binds at every call)
+        keeps the functions already traced.
 
         Raises:
             ValueError: naming ``model`` if it has no masked layer, ``optimizer`` if the
@@ -289,6 +421,11 @@ class Updater(abc.ABC):
                 optimizer.build(model.trainable_variables)
         if total_steps is not None:
             self.schedule = self.schedule.resolve(total_steps)
+        self._on_bind(layers)
+        binding = self._binding_key()
+        if (model is self._model and optimizer is self._optimizer
+                and binding == self._binding):
+            return self
         self._model, self._optimizer, self._targets = model, optimizer, layers
         self._strategy = strategy
         self._slots = [
@@ -306,10 +443,16 @@ class Updater(abc.ABC):
         if self.grow_init == "initial_value":
             with strategy.scope():
                 self._initial_values = [self._initial_draw(layer) for layer in layers]
-        self._on_bind(layers)
         self._update_fn = tf.function(self._update_graph)
         self._gradient_fns = {}
+        self._binding = binding
         return self
+
+    def _binding_key(self) -> str:
+        """The public configuration the traced update depends on (schedule, seed, targets...):
+        every attribute not starting with an underscore, except the skipped-update count."""
+        return repr(sorted((name, value) for name, value in vars(self).items()
+                           if not name.startswith("_") and name != "skipped_updates"))
 
     def _on_bind(self, layers) -> None:  # noqa: B027 (optional hook, empty by default)
         """Hook for subclasses that derive per-layer constants from the model."""
@@ -429,6 +572,7 @@ class Updater(abc.ABC):
                             skipped)
 
     def _update_graph(self, step, drop_fraction, gradients):
+        flat = lambda t: None if t is None else tf.reshape(t, [-1])  # noqa: E731
         views, new_masks, finite = [], [], []
         for i, layer in enumerate(self._targets):
             view = LayerView(
@@ -441,25 +585,28 @@ class Updater(abc.ABC):
             )
             drop, grow = self.drop_scores(view), self.grow_scores(view)
             n_drop, n_grow = self.counts(view, drop_fraction)
-            flat = lambda t: None if t is None else tf.reshape(t, [-1])  # noqa: E731
-            new = drop_and_grow(flat(view.mask), flat(drop), flat(grow), n_drop, n_grow)
+            new, scores_finite = _drop_and_grow(flat(view.mask) > 0, flat(drop), flat(grow),
+                                                n_drop, n_grow)
             views.append(view)
-            new_masks.append(tf.reshape(new, view.mask.shape))
-            finite.append(_all_finite(view.weights, drop, grow))
+            new_masks.append(new)
+            weights = flat(view.weights)
+            finite += [scores_finite, _fused(_is_finite, _is_finite_xla, weights)(weights)]
         ok = tf.reduce_all(tf.stack(finite))
         changed = []
         for i, (layer, view, new) in enumerate(zip(self._targets, views, new_masks)):
             # Computed unconditionally and selected with `ok`: assignments inside tf.cond
             # branches are fragile on distributed variables, and this runs every ΔT steps.
-            new = tf.logical_and(new, ok) | tf.logical_and(view.mask > 0, tf.logical_not(ok))
-            born = tf.logical_and(new, view.mask <= 0)
-            grown_values = self._grow_values(i, view)
-            weights = tf.where(born, grown_values, view.weights)
-            layer.masked_kernel.assign(tf.where(new, weights, tf.zeros_like(weights)))
-            layer.mask.assign(tf.cast(new, view.mask.dtype))
-            for slot in self._slots[i]:
-                slot.assign(tf.where(born, tf.zeros_like(slot), slot))
-            changed.append(tf.reduce_sum(tf.cast(born, tf.int32)))
+            slots = self._slots[i]
+            grown_values = None if self.grow_init == "zeros" else self._grow_values(i, view)
+            weights, mask, slot_values, born = _fused(_apply_update, _apply_update_xla, new)(
+                new, ok, flat(view.mask), flat(view.weights), flat(grown_values),
+                [flat(tf.convert_to_tensor(slot)) for slot in slots])
+            shape = view.mask.shape
+            layer.masked_kernel.assign(tf.reshape(weights, shape))
+            layer.mask.assign(tf.reshape(mask, shape))
+            for slot, value in zip(slots, slot_values):
+                slot.assign(tf.reshape(value, shape))
+            changed.append(born)
         return tf.stack(changed), ok
 
     def _grow_values(self, i: int, view: LayerView) -> tf.Tensor:
