@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -30,3 +32,24 @@ def data_dir(tmp_path_factory):
     for name in ("mnist", "tiny_shakespeare"):
         prepare.prepare(name, os.path.join(SHARED, name), path)
     return path
+
+
+@contextlib.contextmanager
+def script_module(path: str, name: str):
+    """Imports a script of scripts/ as a module, and removes the absl flags it defined when
+    done: two scripts may define flags of the same name (--sparsity), and FLAGS is global."""
+    import importlib.util
+
+    from absl import flags
+
+    before = set(flags.FLAGS)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
+        for flag in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, flag)

@@ -3,7 +3,6 @@ the paper's Appendix H, and the ResNet-50 figures of the paper and the reference
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import script_module
 
 import rigl
 from rigl import flops, layers
@@ -339,23 +339,21 @@ def test_script_json_matches_library():
 
 
 @pytest.fixture(scope="module")
-def script_module():
-    spec = importlib.util.spec_from_file_location("flops_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def flops_script():
+    with script_module(SCRIPT, "flops_table") as module:
+        yield module
 
 
-def test_script_count_validates(script_module):
-    counter = script_module.Counter("lenet300_100")
+def test_script_count_validates(flops_script):
+    counter = flops_script.Counter("lenet300_100")
     with pytest.raises(ValueError, match="sparsity"):
-        script_module.count(counter, "rigl", "uniform", None)
-    small = script_module.count(counter, "small_dense", "uniform", 0.9)
+        flops_script.count(counter, "rigl", "uniform", None)
+    small = flops_script.count(counter, "small_dense", "uniform", 0.9)
     assert small["params"] == pytest.approx(small["sparse_params"], rel=0.02)
     assert small["train_flops_ratio"] == pytest.approx(small["inference_flops_ratio"])
 
 
-def test_script_paper_table(script_module):
+def test_script_paper_table(flops_script):
     table = json.loads(_run("--paper", "--json"))
     rows = {row["label"]: row for row in table["rows"]}
     for label in ("Dense", "Static", "SNIP", "Small-Dense", "SET", "RigL", "RigL 5x",
@@ -371,6 +369,6 @@ def test_script_paper_table(script_module):
             assert ("train" in cell["differs"]) == (
                 abs(cell["train"] - cell["paper_train"]) > 0.01 + 1e-9)
     assert table["sizes_mb"]["dense"]["ours"] == pytest.approx(102.122, abs=5e-4)
-    text = script_module.paper_markdown(table)
+    text = flops_script.paper_markdown(table)
     assert "| RigL 5x (ERK) | " in text and "| Method | Train 80% | paper |" in text
     assert not math.isnan(table["dense_train_flops"])
