@@ -40,6 +40,7 @@ window's median step. Every variant, the dense one included, is measured the sam
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -59,6 +60,9 @@ sys.path.insert(0, ROOT)
 
 MODES = ("overhead", "pipeline", "peer")
 VARIANTS = ("dense", "static", "set", "snfs", "rigl", "prune")
+# Diagnostics, not sparse training: the masked model with the mask constraint removed (its
+# kernels drift off zero), to time what the constraint costs.
+DIAGNOSTIC_VARIANTS = ("static_no_constraint",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +84,15 @@ WORKLOADS = {
     "lenet300_100": Workload("lenet300_100", (28, 28, 1), 10, 100, window_steps=200,
                              rounds=15, warmup_steps=20, update_repeats=10),
     "wrn_22_2": Workload("wrn_22_2", (32, 32, 3), 10, 128, window_steps=6, rounds=5,
-                         warmup_steps=2, update_repeats=5),
+                         warmup_steps=2, update_repeats=3),
     "resnet50": Workload("resnet50", (64, 64, 3), 1000, 32, window_steps=6, rounds=5,
-                         warmup_steps=2, update_repeats=5),
+                         warmup_steps=2, update_repeats=3),
     # For the test suite: seconds, not a measurement.
     "tiny": Workload("lenet300_100", (8, 8, 1), 10, 8, window_steps=3, rounds=2,
                      warmup_steps=1, update_repeats=2, options=(("width", 0.1),)),
 }
 PEER_WORKLOADS = ("lenet300_100", "wrn_22_2")
-PIPELINE = {"model": "lenet5", "batch": 100, "window_steps": 200, "rounds": 8,
+PIPELINE = {"model": "lenet5", "batch": 100, "window_steps": 200, "rounds": 6,
             "warmup_steps": 30}
 
 MODES_FLAG = flags.DEFINE_list("modes", list(MODES), f"Modes to run, of {MODES}.")
@@ -96,7 +100,8 @@ WORKLOADS_FLAG = flags.DEFINE_list(
     "workloads", ["lenet300_100", "wrn_22_2", "resnet50"],
     f"Workloads of the overhead mode (and, where they have one, the peer mode), of "
     f"{sorted(WORKLOADS)}.")
-VARIANTS_FLAG = flags.DEFINE_list("variants", list(VARIANTS), f"Variants, of {VARIANTS}.")
+VARIANTS_FLAG = flags.DEFINE_list("variants", list(VARIANTS),
+                                  f"Variants, of {VARIANTS + DIAGNOSTIC_VARIANTS}.")
 SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Sparsity of the sparse variants (uniform).")
 UPDATE_FREQ = flags.DEFINE_integer("update_freq", 100, "ΔT of every updating variant.")
 WINDOW_STEPS = flags.DEFINE_integer("window_steps", None, "Timed steps per window (W); "
@@ -291,7 +296,11 @@ def build_runners(workload: Workload, variants, sparsity: float, update_freq: in
         model = build_model(workload.model, workload.input_shape, workload.num_classes,
                             **dict(workload.options))
         updater = None
-        if name != "dense":
+        if name == "static_no_constraint":
+            model = rigl.sparsify(model, sparsity, seed=0)
+            for weight in rigl.masked_weights(model):
+                weight.masked_kernel.constraint = None
+        elif name != "dense":
             model = rigl.sparsify(model, 0.0 if name == "prune" else sparsity, seed=0)
             updater = {
                 "static": lambda: rigl.Static(),
@@ -389,7 +398,8 @@ def pipeline_mode(data_dir, source, log, overrides):
 
         data_dir = tfds.core.constants.get_default_data_dir()
     if os.path.isdir(source):
-        prepare.prepare("mnist", source, data_dir)
+        with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout
+            prepare.prepare("mnist", source, data_dir)
     spec = get_dataset("mnist", data_dir=data_dir)
     tfds_data = spec.train_fn(None, config["batch"], 0)
     one_batch = next(iter(tfds_data))
@@ -596,7 +606,8 @@ def markdown(report) -> str:
                     f"{_fmt(mine.get('static', {}).get('ratio'))} |")
             lines.append("")
     lines.append(f"Command: `{report['command']}`; {report['seconds']:.0f} s; peak RSS "
-                 f"{report['peak_rss_mb']:.0f} MB.")
+                 f"{report['peak_rss_mb']:.0f} MB; load average at the end "
+                 f"{report['load_average_at_end'][0]:.2f}.")
     return "\n".join(lines)
 
 
@@ -609,8 +620,9 @@ def main(argv):
         if name not in WORKLOADS:
             raise app.UsageError(f"--workloads: unknown {name!r}; allowed: {sorted(WORKLOADS)}.")
     for name in VARIANTS_FLAG.value:
-        if name not in VARIANTS:
-            raise app.UsageError(f"--variants: unknown {name!r}; allowed: {VARIANTS}.")
+        if name not in VARIANTS + DIAGNOSTIC_VARIANTS:
+            raise app.UsageError(f"--variants: unknown {name!r}; allowed: "
+                                 f"{VARIANTS + DIAGNOSTIC_VARIANTS}.")
     overrides = {key: flag.value for key, flag in (
         ("window_steps", WINDOW_STEPS), ("rounds", ROUNDS), ("warmup_steps", WARMUP_STEPS))
         if flag.value is not None}
@@ -638,6 +650,7 @@ def main(argv):
         report["peer"] = peer_mode(WORKLOADS_FLAG.value, SPARSITY.value, UPDATE_FREQ.value,
                                    BENCH_PYTHON.value, forwarded, log)
     report["seconds"] = time.perf_counter() - started
+    report["load_average_at_end"] = os.getloadavg()
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(report, indent=1) if JSON_FLAG.value else markdown(report))
 

@@ -4,6 +4,12 @@ step count matches optimizer.iterations (no timing is asserted)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -174,3 +180,55 @@ def test_host_step_count_with_partial_executions(steps_per_execution):
     assert [step for step, _ in calls] == list(range(0, 50, 7))
     for step, at in calls:  # at the start of the first execution that reaches the step
         assert step <= at < step + steps_per_execution
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras
+    import numpy as np
+    import rigl
+    from rigl.masking import replica_mismatches
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 120)).astype("float32")
+    y = rng.normal(size=(64, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((120,))
+        hidden = keras.layers.Dense(100, name="big")(inputs)
+        model = rigl.sparsify(keras.Model(inputs, keras.layers.Dense(3, name="small")(hidden)),
+                              0.8)
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+    before = rigl.get_masks(model)
+    callback = rigl.SparseTraining(rigl.RigL(update_freq=2, end_step=100), data=data)
+    model.fit(data, epochs=3, verbose=0, callbacks=[callback])
+    after = rigl.get_masks(model)
+    print("RESULT_JSON:" + json.dumps({
+        "mismatches": replica_mismatches(model),
+        "nnz": {n: [int(before[n].sum()), int(after[n].sum())] for n in before},
+        "changed": sum(sum(r.changed.values()) for r in callback.history),
+        "updates": [r.step for r in callback.history],
+    }))
+""")
+
+
+def test_radix_and_xla_update_under_mirrored_strategy():
+    """The large-layer path (radix selection, XLA-fused passes) keeps every replica's mask
+    identical under MirroredStrategy over two logical CPUs."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [row for row in done.stdout.splitlines() if row.startswith("RESULT_JSON:")][-1]
+    result = json.loads(line[len("RESULT_JSON:"):])
+    assert result["mismatches"] == []
+    assert result["updates"] == [0, 2, 4, 6, 8, 10]
+    assert result["changed"] > 0
+    for name, (before, after) in result["nnz"].items():
+        assert before == after, name
