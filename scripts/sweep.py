@@ -2,13 +2,15 @@
 """Runs a sweep (a grid of scripts/train.py runs), resumable, then aggregates it.
 
     python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin
+    python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin --jobs=2
     python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin --dry_run
     python scripts/sweep.py --sweep=gin_configs/sweeps/fashion_mnist_lenet300.gin --aggregate_only
 
 Each run trains in its own subprocess in `<root>/<run name>/` (default root:
-workdirs/sweeps/<sweep name>). Runs with a results.json are skipped and unfinished ones resume
-from their checkpoints, so an interrupted sweep continues where it stopped when started again
-with the same command. Afterwards (or with --aggregate_only) every finished run's results.json
+workdirs/sweeps/<sweep name>). Runs with a results.json (in their workdir, or already
+collected under `<results_dir>/runs/`, as committed to the repository) are skipped and
+unfinished ones resume from their checkpoints, so an interrupted sweep continues where it
+stopped when started again with the same command. --jobs=N trains N runs at a time. Afterwards (or with --aggregate_only) every finished run's results.json
 is copied to `<results_dir>/runs/<run name>/` (default results_dir: results/<sweep name>) and
 table.md, table.csv and the plots are built from those copies. The sweep file format is
 documented in rigl/experiments/sweep.py.
@@ -34,6 +36,9 @@ DRY_RUN = flags.DEFINE_bool("dry_run", False, "List every run, its status and it
                             "train and write nothing.")
 MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Train at most this many unfinished runs, "
                                 "then aggregate and stop.", lower_bound=0)
+JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at the same time, the CPU cores split "
+                            "between them (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS).",
+                            lower_bound=1)
 EXTRA_BINDINGS = flags.DEFINE_multi_string("extra_bindings", [], "Gin bindings appended to "
                                            "every run's (e.g. training.smoke=True).")
 flags.mark_flag_as_required("sweep")
@@ -64,13 +69,15 @@ def main(argv):
                                                               definition.name))
         results_dir = os.path.abspath(RESULTS_DIR.value or os.path.join(repo, "results",
                                                                        definition.name))
-        planned = sweeps.plan(definition, root, repo, EXTRA_BINDINGS.value)
+        planned = sweeps.plan(definition, root, repo, EXTRA_BINDINGS.value,
+                              results_dir=results_dir)
         if DRY_RUN.value:
             print(sweeps.describe_plan(planned))
             return 0
         failed = []
         if not AGGREGATE_ONLY.value:
-            report = sweeps.run_sweep(planned, root, repo, max_runs=MAX_RUNS.value)
+            report = sweeps.run_sweep(planned, root, repo, max_runs=MAX_RUNS.value,
+                                      jobs=JOBS.value)
             failed = report.failed
             print(f"sweep {definition.name}: {len(report.ran)} trained, {len(report.skipped)} "
                   f"already finished, {len(report.failed)} failed, {len(report.left)} left.")

@@ -268,3 +268,19 @@ def test_best_metrics_of_a_language_model_minimise_bits():
     history = [(10, {"test_bits_per_char": 3.0}), (20, {"test_bits_per_char": 2.5}),
                (30, {"test_bits_per_char": 2.7})]
     assert training._best_metrics(history) == {"best_test_bits_per_char": 2.5, "best_step": 20}
+
+
+def test_mlp_units_counts_units_that_keep_a_connection():
+    """The appendix's "final architecture": inputs with an outgoing connection, hidden units
+    with both an incoming and an outgoing one, outputs with an incoming one."""
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="fc1")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden))
+    model = rigl.sparsify(model, 0.0, dense_layers=["logits"])
+    mask = np.zeros((4, 3), "float32")
+    mask[0, 0] = mask[2, 0] = mask[2, 1] = 1  # inputs 0 and 2; units 0 and 1 fed
+    rigl.masked_weights(model)[0].mask.assign(mask)
+    assert training.mlp_units(model) == [2, 2, 2]
+    conv = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
+                             keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert training.mlp_units(conv) is None

@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -163,7 +164,7 @@ def test_sweep_definitions_parse_and_every_cell_dry_runs(path, tmp_path, capsys)
 def _fake_launcher(calls, fail=()):
     """Writes a results.json the way a training run would (no TensorFlow)."""
 
-    def launch(argv, log_path, cwd):
+    def launch(argv, log_path, cwd, env=None):
         workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
         name = os.path.basename(workdir)
         calls.append(name)
@@ -243,6 +244,45 @@ def test_runner_skips_finished_runs_and_resumes_the_rest(tmp_path):
     assert report.ran == names
     assert json.load(open(os.path.join(other, names[0], sw.SPEC_FILE)))["bindings"][-1] == (
         "training.epochs=2")
+
+
+def test_collected_results_count_as_finished_without_workdirs(tmp_path):
+    """Workdirs do not outlive a machine; results collected under results/<sweep>/runs (and
+    committed) do. A new machine skips those runs, and refuses copies of another config."""
+    root, results, quiet = str(tmp_path / "runs"), str(tmp_path / "results"), (lambda _: None)
+    planned = sw.plan(sw.parse_sweep(SMALL), root, ROOT, results_dir=results)
+    sw.run_sweep(planned[:2], root, ROOT, launcher=_fake_launcher([]), echo=quiet)
+    sw.collect(planned, results)
+    shutil.rmtree(root)
+    planned = sw.plan(sw.parse_sweep(SMALL), root, ROOT, results_dir=results)
+    assert [p.status for p in planned] == ["finished", "finished", "pending", "pending"]
+    calls = []
+    report = sw.run_sweep(planned, root, ROOT, launcher=_fake_launcher(calls), echo=quiet)
+    assert calls == [p.run.name for p in planned[2:]] and len(report.skipped) == 2
+    assert sorted(sw.collect(planned, results)) == sorted(calls)  # copies left as they were
+    assert len(sw.load_records(results)) == 4
+    with pytest.raises(sw.SweepError, match="delete that folder"):
+        sw.plan(sw.parse_sweep(SMALL), root, ROOT, ["training.epochs=2"], results_dir=results)
+
+
+def test_concurrent_jobs_train_every_run_once_with_split_threads(tmp_path):
+    root, calls, envs = str(tmp_path / "runs"), [], []
+    launch = _fake_launcher(calls)
+
+    def launcher(argv, log_path, cwd, env=None):
+        envs.append(env)
+        return launch(argv, log_path, cwd)
+
+    planned = sw.plan(sw.parse_sweep(SMALL), root, ROOT)
+    report = sw.run_sweep(planned, root, ROOT, launcher=launcher, echo=lambda _: None, jobs=2,
+                          max_runs=3)
+    assert sorted(calls) == sorted(p.run.name for p in planned[:3])
+    assert sorted(report.ran) == sorted(calls) and report.left == [planned[3].run.name]
+    assert envs == [{"TF_NUM_INTRAOP_THREADS": str(max(1, os.cpu_count() // 2)),
+                     "TF_NUM_INTEROP_THREADS": str(max(1, os.cpu_count() // 2))}] * 3
+    assert sw.thread_env(1) == {} and sw.thread_env(3, cores=2)["TF_NUM_INTRAOP_THREADS"] == "1"
+    with pytest.raises(sw.SweepError, match="jobs"):
+        sw.run_sweep(planned, root, ROOT, launcher=launcher, jobs=0)
 
 
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):

@@ -68,24 +68,39 @@ def _examples_per_pipeline_step(ctx, per_replica_batch: int) -> int:
 
 
 def _train_stream(records, ctx, per_replica_batch, skip_steps, seed, preprocess,
-                  shuffle_buffer, cache=False):
-    """Shard, shuffle (seeded, reshuffled every epoch), repeat, skip, augment, batch."""
+                  shuffle_buffer, cache=False, per_example=True):
+    """Shard, shuffle (seeded, reshuffled every epoch), repeat, skip, augment, batch.
+
+    ``per_example``: ``preprocess(record, seed)`` runs on every example with its own seed
+    (augmentation). Without it, ``preprocess`` is elementwise and seed-free and runs once per
+    batch (``seed`` None): the same tensors, without a function call per example, which on
+    two cores competes with the training step for the CPU."""
     num, index = _pipelines(ctx)
     records = records.shard(num, index)
     if cache:
         records = records.cache()
     records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    records = records.repeat().enumerate()
-    records = records.skip(skip_steps * _examples_per_pipeline_step(ctx, per_replica_batch))
+    records = records.repeat()
+    skip = skip_steps * _examples_per_pipeline_step(ctx, per_replica_batch)
+    if not per_example:
+        records = records.skip(skip).batch(per_replica_batch, drop_remainder=True)
+        records = records.map(lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+        return records.prefetch(tf.data.AUTOTUNE)
+    records = records.enumerate().skip(skip)
     records = records.map(lambda i, r: preprocess(r, tf.stack([tf.cast(seed, tf.int64), i])),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return records.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _eval_stream(records, ctx, per_replica_batch, preprocess):
+def _eval_stream(records, ctx, per_replica_batch, preprocess, per_example=True):
     num, index = _pipelines(ctx)
-    records = records.shard(num, index).map(lambda r: preprocess(r, None),
-                                            num_parallel_calls=tf.data.AUTOTUNE)
+    records = records.shard(num, index)
+    if not per_example:
+        return records.batch(per_replica_batch).map(
+            lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True).prefetch(tf.data.AUTOTUNE)
+    records = records.map(lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE)
     return records.batch(per_replica_batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -132,7 +147,8 @@ def _num_train_examples(builder, source: _Source) -> int:
 
 
 def mnist_preprocess(record, _seed):
-    """Pixels scaled to [0, 1]; no augmentation."""
+    """Pixels scaled to [0, 1]; no augmentation. Elementwise: applies to a record or a
+    batch of records alike."""
     return tf.cast(record["image"], tf.float32) / 255.0, tf.cast(record["label"], tf.int32)
 
 
@@ -150,9 +166,11 @@ def cifar_preprocess(record, rng_seed):
 
 
 def _image_classification(name, builder, source, seed, preprocess, input_shape, shuffle_buffer,
-                          validation_examples) -> DataSpec:
+                          validation_examples, per_example=True) -> DataSpec:
     """A TFDS image dataset whose last ``validation_examples`` training examples are held out
-    for validation (the original MNIST code trains on 55,000 and validates on 5,000)."""
+    for validation (the original MNIST code trains on 55,000 and validates on 5,000).
+    ``per_example``: whether ``preprocess`` needs to see examples one by one (see
+    ``_train_stream``)."""
     total = _num_train_examples(builder, source)
     if isinstance(validation_examples, bool) or not isinstance(validation_examples, int) or (
             not 0 <= validation_examples < total):
@@ -163,22 +181,24 @@ def _image_classification(name, builder, source, seed, preprocess, input_shape, 
     validation_fn = None
     if validation_examples:
         def validation_fn(ctx, batch):
-            return _eval_stream(_records(builder, f"train[{keep}:]"), ctx, batch, preprocess)
+            return _eval_stream(_records(builder, f"train[{keep}:]"), ctx, batch, preprocess,
+                                per_example)
     return DataSpec(
         name=name, task="classification", input_shape=input_shape, num_classes=10,
         num_train_examples=keep,
         train_fn=lambda ctx, batch, skip: _train_stream(
             _records(builder, train_split), ctx, batch, skip, seed, preprocess, shuffle_buffer,
-            cache=True),
+            cache=True, per_example=per_example),
         eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
-                                                preprocess),
+                                                preprocess, per_example),
         validation_fn=validation_fn,
     )
 
 
 def _mnist_like(name, source, seed, validation_examples=0):
     return _image_classification(name, _tfds_builder(name, source), source, seed,
-                                 mnist_preprocess, (28, 28, 1), 60_000, validation_examples)
+                                 mnist_preprocess, (28, 28, 1), 60_000, validation_examples,
+                                 per_example=False)
 
 
 def _cifar10(name, source, seed, validation_examples=0):

@@ -44,6 +44,7 @@ those copies alone, so committed results reproduce their tables.
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import glob
@@ -56,6 +57,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -342,11 +344,16 @@ class PlannedRun:
     configs: tuple[str, ...]
     bindings: tuple[str, ...]
     argv: tuple[str, ...]
+    committed: str | None = None
 
     @property
     def status(self) -> str:
-        """"finished" (results.json present), "started" (workdir exists) or "pending"."""
-        return run_status(self.workdir)
+        """"finished" (results.json in the workdir, or a copy of it under the results
+        folder, ``committed``), "started" (workdir exists) or "pending"."""
+        status = run_status(self.workdir)
+        if status != "finished" and self.committed is not None:
+            return "finished"
+        return status
 
     def spec(self) -> dict:
         """What ``sweep_run.json`` records (and what a resumed workdir must match)."""
@@ -373,11 +380,14 @@ def method_config(method: str) -> str:
 
 
 def plan(sweep: Sweep, root: str, repo_root: str, extra_bindings: Sequence[str] = (),
-         python: str = sys.executable) -> list[PlannedRun]:
+         python: str = sys.executable, results_dir: str | None = None) -> list[PlannedRun]:
     """Every run of ``sweep`` with its workdir under ``root`` and its command.
 
     Commands run with ``repo_root`` as working directory (configs are repository-relative,
-    as their includes are); ``root`` is made absolute.
+    as their includes are); ``root`` is made absolute. With ``results_dir``, a run whose
+    results were already collected there (``<results_dir>/runs/<run>/results.json``, e.g.
+    committed by an earlier session whose workdirs are gone) counts as finished; a
+    collected copy made with other configs or bindings raises ``SweepError``.
     """
     root = os.path.abspath(root)
     for config in sweep.base_configs:
@@ -393,8 +403,30 @@ def plan(sweep: Sweep, root: str, repo_root: str, extra_bindings: Sequence[str] 
         argv = (python, os.path.join("scripts", "train.py"),
                 *[f"--gin_config={c}" for c in configs],
                 *[f"--gin_bindings={b}" for b in bindings], f"--workdir={workdir}")
-        planned.append(PlannedRun(run, workdir, configs, bindings, argv))
+        committed = None
+        if results_dir is not None:
+            committed = _committed_copy(os.path.join(results_dir, "runs", run.name),
+                                        configs, bindings)
+        planned.append(PlannedRun(run, workdir, configs, bindings, argv, committed))
     return planned
+
+
+def _committed_copy(folder: str, configs: Sequence[str], bindings: Sequence[str]) -> str | None:
+    """``folder`` if it holds a collected results.json made with ``configs`` and
+    ``bindings``; None if it holds none; ``SweepError`` if it was made with others."""
+    if not os.path.exists(os.path.join(folder, RESULTS_FILE)):
+        return None
+    spec_path = os.path.join(folder, SPEC_FILE)
+    old = {}
+    if os.path.exists(spec_path):
+        with open(spec_path) as f:
+            old = json.load(f)
+    if (old.get("configs"), old.get("bindings")) != (list(configs), list(bindings)):
+        raise SweepError(f"{folder} holds results made with configs {old.get('configs')} "
+                         f"bindings {old.get('bindings')}, the sweep now asks for "
+                         f"{list(configs)} {list(bindings)}; delete that folder to train the "
+                         f"run again, or restore the sweep file it was made with.")
+    return folder
 
 
 def _has_progress(workdir: str) -> bool:
@@ -425,15 +457,29 @@ def check_workdirs(planned: Sequence[PlannedRun]) -> None:
                          "another --root):\n  " + "\n  ".join(mismatched))
 
 
-def subprocess_launcher(argv: Sequence[str], log_path: str, cwd: str) -> int:
-    """Runs ``argv`` in ``cwd``, appending its output to ``log_path``; its exit code."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def subprocess_launcher(argv: Sequence[str], log_path: str, cwd: str,
+                        env: Mapping[str, str] | None = None) -> int:
+    """Runs ``argv`` in ``cwd`` with ``env`` added to the environment, appending its output
+    to ``log_path``; its exit code."""
+    full_env = dict(os.environ)
+    full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    full_env.update(env or {})
     with open(log_path, "a") as log:
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {command_line(argv)}\n")
         log.flush()
-        return subprocess.run(list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        return subprocess.run(list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                               stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def thread_env(jobs: int, cores: int | None = None) -> dict[str, str]:
+    """Environment that splits ``cores`` (default: this machine's) between ``jobs``
+    concurrent TensorFlow processes: TensorFlow reads its thread-pool sizes from
+    ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``. Empty for one job (TensorFlow's
+    own defaults)."""
+    if jobs == 1:
+        return {}
+    threads = max(1, (cores or os.cpu_count() or 1) // jobs)
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
 
 
 @dataclasses.dataclass
@@ -446,16 +492,19 @@ class SweepReport:
     left: list[str] = dataclasses.field(default_factory=list)
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def _log_event(root: str, **event) -> None:
-    with open(os.path.join(root, SWEEP_LOG_FILE), "a") as f:
+    with _LOG_LOCK, open(os.path.join(root, SWEEP_LOG_FILE), "a") as f:
         f.write(json.dumps({"time": time.time(), **event}) + "\n")
 
 
 def run_sweep(planned: Sequence[PlannedRun], root: str, repo_root: str,
               max_runs: int | None = None,
-              launcher: Callable[[Sequence[str], str, str], int] = subprocess_launcher,
-              echo: Callable[[str], None] = print) -> SweepReport:
-    """Trains every unfinished run of ``planned`` in order; skips finished ones.
+              launcher: Callable[..., int] = subprocess_launcher,
+              echo: Callable[[str], None] = print, jobs: int = 1) -> SweepReport:
+    """Trains every unfinished run of ``planned``, in order; skips finished ones.
 
     A failed run is reported and the sweep goes on. Every start, end, failure and skip is
     appended to ``<root>/sweep_log.jsonl``.
@@ -465,24 +514,22 @@ def run_sweep(planned: Sequence[PlannedRun], root: str, repo_root: str,
         root: the sweep's folder of workdirs (for the event log).
         repo_root: working directory of the training commands.
         max_runs: train at most this many runs (finished ones do not count), leave the rest.
-        launcher: ``(argv, log_path, cwd) -> exit code``; a subprocess by default.
+        launcher: ``(argv, log_path, cwd, env=...) -> exit code``; a subprocess by default.
         echo: where progress lines go.
+        jobs: how many runs train at the same time, the machine's cores split between them
+            (``thread_env``). On a 2-core CPU, two single-threaded runs of a small model
+            finish sooner than two runs one after the other, each on both cores.
     """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise SweepError(f"jobs must be a positive integer, got {jobs!r}.")
     check_workdirs(planned)
     os.makedirs(root, exist_ok=True)
     report = SweepReport()
     width = len(str(len(planned)))
-    for i, p in enumerate(planned, start=1):
-        prefix = f"[{i:{width}}/{len(planned)}] {p.run.name}:"
-        status = p.status
-        if status == "finished":
-            report.skipped.append(p.run.name)
-            _log_event(root, run=p.run.name, event="skip")
-            echo(f"{prefix} finished, skipped")
-            continue
-        if max_runs is not None and len(report.ran) + len(report.failed) >= max_runs:
-            report.left.append(p.run.name)
-            continue
+    env = thread_env(jobs)
+    lock = threading.Lock()
+
+    def train(prefix: str, p: PlannedRun, status: str) -> None:
         os.makedirs(p.workdir, exist_ok=True)
         with open(os.path.join(p.workdir, SPEC_FILE), "w") as f:
             json.dump(p.spec(), f, indent=2)
@@ -491,24 +538,51 @@ def run_sweep(planned: Sequence[PlannedRun], root: str, repo_root: str,
         started = time.time()
         log_path = os.path.join(p.workdir, LOG_FILE)
         try:
-            code = launcher(p.argv, log_path, repo_root)
+            code = launcher(p.argv, log_path, repo_root, env=env)
         except KeyboardInterrupt:  # the run resumes from its checkpoint next time
             _log_event(root, run=p.run.name, event="interrupted",
                        seconds=time.time() - started)
             raise
         seconds = time.time() - started
         if code == 0 and run_status(p.workdir) == "finished":
-            report.ran.append(p.run.name)
+            with lock:
+                report.ran.append(p.run.name)
             _log_event(root, run=p.run.name, event="done", seconds=seconds)
             with open(os.path.join(p.workdir, RESULTS_FILE)) as f:
                 results = json.load(f)
             metric = _metric_key(results)
             echo(f"{prefix} done in {seconds:.0f} s, {metric} {results.get(metric, 'n/a')}")
         else:
-            report.failed.append(p.run.name)
+            with lock:
+                report.failed.append(p.run.name)
             _log_event(root, run=p.run.name, event="failed", seconds=seconds, code=code)
             echo(f"{prefix} FAILED (exit code {code}) after {seconds:.0f} s; last lines of "
                  f"{log_path}:\n" + _tail(log_path))
+
+    pool = concurrent.futures.ThreadPoolExecutor(jobs) if jobs > 1 else None
+    futures, to_train = [], 0
+    try:
+        for i, p in enumerate(planned, start=1):
+            prefix = f"[{i:{width}}/{len(planned)}] {p.run.name}:"
+            status = p.status
+            if status == "finished":
+                report.skipped.append(p.run.name)
+                _log_event(root, run=p.run.name, event="skip")
+                echo(f"{prefix} finished, skipped")
+                continue
+            if max_runs is not None and to_train >= max_runs:
+                report.left.append(p.run.name)
+                continue
+            to_train += 1
+            if pool is None:
+                train(prefix, p, status)
+            else:
+                futures.append(pool.submit(train, prefix, p, status))
+        for future in futures:
+            future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if report.left:
         echo(f"--max_runs={max_runs}: {len(report.left)} run(s) left for a later invocation.")
     return report
@@ -556,7 +630,7 @@ def collect(planned: Sequence[PlannedRun], results_dir: str) -> list[str]:
     ``<results_dir>/runs/<run name>/``; the names copied."""
     copied = []
     for p in planned:
-        if p.status != "finished":
+        if run_status(p.workdir) != "finished":  # not trained here (or a collected copy)
             continue
         target = os.path.join(results_dir, "runs", p.run.name)
         os.makedirs(target, exist_ok=True)
@@ -589,10 +663,13 @@ def record_from_results(results: Mapping, spec: Mapping | None = None,
     record = {"run": name, "cell": spec.get("cell") or _SEED_SUFFIX.sub("", name),
               **cell, "seed": results.get("seed", spec.get("seed")),
               "metric": metric, "value": results[metric]}
-    for key in (f"{metric}_at_best_validation", "measured_sparsity", "train_flops_ratio",
-                "inference_flops_ratio", "train_seconds", "steps"):
+    for key in (f"{metric}_at_best_validation", f"best_{metric}", "measured_sparsity",
+                "train_flops_ratio", "inference_flops_ratio", "size_mb", "train_seconds",
+                "steps"):
         if key in results:
             record[key] = results[key]
+    if results.get("mlp_units"):
+        record["mlp_units"] = results["mlp_units"]
     return record
 
 
@@ -657,8 +734,14 @@ def aggregate(records: Sequence[Mapping]) -> list[dict]:
         if all(best_key in r for r in group):
             row["best_validation_mean"], row["best_validation_std"] = _mean_std(
                 [r[best_key] for r in group])
+        if all(f"best_{first['metric']}" in r for r in group):
+            row["best_mean"], row["best_std"] = _mean_std(
+                [r[f"best_{first['metric']}"] for r in group])
+        units = [r.get("mlp_units") for r in group]
+        if all(units) and len({len(u) for u in units}) == 1:
+            row["mlp_units"] = [float(np.mean(column)) for column in zip(*units)]
         for key in ("measured_sparsity", "train_flops_ratio", "inference_flops_ratio",
-                    "train_seconds", "steps"):
+                    "size_mb", "train_seconds", "steps"):
             if all(key in r for r in group):
                 row[key] = float(np.mean([r[key] for r in group]))
         rows.append(row)
@@ -697,8 +780,9 @@ def _label(row: Mapping, with_multiplier: bool = True) -> str:
 
 CSV_COLUMNS = ("cell", "method", "distribution", "sparsity", "multiplier", "tag", "seeds",
                "seed_list", "metric", "mean", "std", "best_validation_mean",
-               "best_validation_std", "measured_sparsity", "train_flops_ratio",
-               "inference_flops_ratio", "train_seconds", "steps")
+               "best_validation_std", "best_mean", "best_std", "measured_sparsity",
+               "train_flops_ratio", "inference_flops_ratio", "size_mb", "mlp_units",
+               "train_seconds", "steps")
 
 
 def table_markdown(rows: Sequence[Mapping], title: str) -> str:
@@ -706,16 +790,28 @@ def table_markdown(rows: Sequence[Mapping], title: str) -> str:
     accuracy = _is_accuracy(rows)
     metric = "test accuracy (%)" if accuracy else "test bits/char"
     best = any("best_validation_mean" in row for row in rows)
+    best_test = any("best_mean" in row for row in rows)
+    units = any("mlp_units" in row for row in rows)
+    size = any("size_mb" in row for row in rows)
     tags = any(row["tag"] for row in rows)
     header = ["method", "distribution", "sparsity", "multiplier", *(["tag"] if tags else []),
               "seeds", metric, *([f"{metric} at best validation"] if best else []),
-              "measured sparsity", "train FLOPs", "inference FLOPs"]
+              *([f"best {metric} during training"] if best_test else []),
+              "measured sparsity", "train FLOPs", "inference FLOPs",
+              *(["size (MB)"] if size else []), *(["units kept"] if units else [])]
     lines = [f"# {title}", "",
              f"{sum(row['seeds'] for row in rows)} runs in {len(rows)} cells. Mean ± sample "
              "standard deviation (ddof=1) over seeds of the final test score"
-             + (", and of the test score at the best validation score" if best else "")
+             + (", of the test score at the best validation score" if best else "")
+             + (", of the best test score over the evaluations during training (an "
+                "optimistic figure: it selects on the test set)" if best_test else "")
              + "; FLOPs are fractions of the dense model's (training: the whole run, "
-             "multiplier included).", "",
+             "multiplier included)"
+             + ("; size: the sparse model's bytes as the paper counts them (rigl.flops)"
+                if size else "")
+             + ("; units kept: inputs, hidden units and outputs that keep at least one "
+                "connection (hidden: both an incoming and an outgoing one), mean over seeds"
+                if units else "") + ".", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         if row["sparsity"] is not None:
@@ -728,9 +824,16 @@ def table_markdown(rows: Sequence[Mapping], title: str) -> str:
         if best:
             cells.append(_format_value(row.get("best_validation_mean"),
                                        row.get("best_validation_std"), accuracy))
+        if best_test:
+            cells.append(_format_value(row.get("best_mean"), row.get("best_std"), accuracy))
         cells += [_format_number(row.get("measured_sparsity"), ".4f"),
                   _format_number(row.get("train_flops_ratio"), ".3f", "x"),
                   _format_number(row.get("inference_flops_ratio"), ".3f", "x")]
+        if size:
+            cells.append(_format_number(row.get("size_mb"), ".4f"))
+        if units:
+            cells.append("-".join(f"{u:.0f}" for u in row["mlp_units"])
+                         if row.get("mlp_units") else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -746,7 +849,8 @@ def write_tables(rows: Sequence[Mapping], results_dir: str, title: str) -> tuple
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else
-                                 " ".join(map(str, row[k])) if k == "seed_list" else row[k])
+                                 " ".join(map(str, row[k])) if k in ("seed_list", "mlp_units")
+                                 else row[k])
                              for k in CSV_COLUMNS})
     return md_path, csv_path
 

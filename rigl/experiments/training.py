@@ -320,6 +320,7 @@ def _train(workdir, dataset, model, method, sparsity, distribution, custom_spars
         "sparsity": sparsity if method not in ("dense", "small_dense") else 0.0,
         "measured_sparsity": rigl.total_sparsity(net) if masked else 0.0,
         "layer_sparsity": rigl.measured_sparsities(net),
+        "mlp_units": mlp_units(net),
         "steps": step, "multiplier": multiplier, "batch_size": batch_size,
         "train_seconds": float(elapsed.numpy()), "seed": seed, "strategy": strategy,
         "num_replicas": dist.num_replicas_in_sync,
@@ -390,6 +391,32 @@ class _FlopsLog(_StepLog):
                     for i, (s, f) in enumerate(entries))
         span = end_step - entries[0][0]
         return total / span if span > 0 else entries[-1][1]
+
+
+def mlp_units(net) -> list[int] | None:
+    """For a multilayer perceptron (every layer with a kernel is a Dense layer and each
+    kernel's inputs are the previous one's outputs), the units that keep at least one
+    connection, the paper's "final architecture": [input features with an outgoing
+    connection, hidden units with both an incoming and an outgoing connection, ..., output
+    units with an incoming connection]. Masked layers count their mask, dense ones every
+    weight. None for any other model."""
+    kernels = []
+    for layer in rigl.masking.walk_layers(net):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        if not isinstance(layer, keras.layers.Dense) or len(kernel.shape) != 2:
+            return None
+        mask = getattr(layer, "mask", None)
+        kernels.append(keras.ops.convert_to_numpy(mask) != 0 if mask is not None
+                       else np.ones(kernel.shape, bool))
+    if not kernels or any(a.shape[1] != b.shape[0] for a, b in zip(kernels, kernels[1:])):
+        return None
+    units = [int(kernels[0].any(axis=1).sum())]
+    for incoming, outgoing in zip(kernels, kernels[1:]):
+        units.append(int((incoming.any(axis=0) & outgoing.any(axis=1)).sum()))
+    units.append(int(kernels[-1].any(axis=0).sum()))
+    return units
 
 
 def _flops_results(net, method, flops_log, steps, multiplier, updater,
