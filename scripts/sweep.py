@@ -11,8 +11,9 @@ workdirs/sweeps/<sweep name>). Runs with a results.json (in their workdir, or al
 collected under `<results_dir>/runs/`, as committed to the repository) are skipped and
 unfinished ones resume from their checkpoints, so an interrupted sweep continues where it
 stopped when started again with the same command. --jobs=N trains N runs at a time.
-Afterwards (or with --aggregate_only) every finished run's results.json is copied to `<results_dir>/runs/<run name>/` (default results_dir: results/<sweep name>) and
-table.md, table.csv and the plots are built from those copies. The sweep file format is
+Afterwards (or with --aggregate_only) every finished run's results.json is copied to
+`<results_dir>/runs/<run name>/` (default results_dir: results/<sweep name>) and table.md,
+table.csv and the plots are built from those copies. The sweep file format is
 documented in rigl/experiments/sweep.py.
 """
 
