@@ -102,6 +102,9 @@ WORKLOADS_FLAG = flags.DEFINE_list(
     f"{sorted(WORKLOADS)}.")
 VARIANTS_FLAG = flags.DEFINE_list("variants", list(VARIANTS),
                                   f"Variants, of {VARIANTS + DIAGNOSTIC_VARIANTS}.")
+JIT_COMPILE = flags.DEFINE_bool(
+    "jit_compile", False, "Compile every variant's training step with XLA "
+    "(`model.compile(jit_compile=True)`); Keras leaves XLA off on CPU by default.")
 SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Sparsity of the sparse variants (uniform).")
 UPDATE_FREQ = flags.DEFINE_integer("update_freq", 100, "ΔT of every updating variant.")
 WINDOW_STEPS = flags.DEFINE_integer("window_steps", None, "Timed steps per window (W); "
@@ -279,7 +282,8 @@ def _synthetic(workload: Workload, seed: int = 0):
 
 def _compile(model, keras):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=JIT_COMPILE.value)
     return model
 
 
@@ -404,12 +408,11 @@ def pipeline_mode(data_dir, source, log, overrides):
     tfds_data = spec.train_fn(None, config["batch"], 0)
     one_batch = next(iter(tfds_data))
     memory_data = tf.data.Dataset.from_tensors(one_batch).repeat()
-    batched_map = _mnist_batched_map(data_dir, config["batch"])
     keras.utils.set_random_seed(0)
     model = _compile(build_model(config["model"], spec.input_shape, spec.num_classes), keras)
     log(f"pipeline: {config['model']} batch {config['batch']}, W={config['window_steps']}, "
         f"{config['rounds']} rounds")
-    datasets = {"in_memory": memory_data, "tfds": tfds_data, "tfds_batched_map": batched_map}
+    datasets = {"in_memory": memory_data, "tfds": tfds_data}
     runners = {name: Runner(name, model, []) for name in datasets}
     window, warmup = config["window_steps"], config["warmup_steps"]
     for name, runner in runners.items():
@@ -422,23 +425,6 @@ def pipeline_mode(data_dir, source, log, overrides):
     return {"model": config["model"], "batch": config["batch"], "window_steps": window,
             "warmup_steps": warmup, "rounds": config["rounds"], "data_dir": data_dir,
             "variants": summary}
-
-
-def _mnist_batched_map(data_dir, batch):
-    """Diagnostic, not the project's pipeline: the same records, shuffle and preprocessing as
-    ``get_dataset("mnist").train_fn``, but the preprocessing maps whole batches instead of
-    single examples (possible for MNIST, which has no per-example augmentation)."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    from rigl.experiments.data import mnist_preprocess
-
-    records = tfds.builder("mnist", data_dir=data_dir).as_dataset(split="train",
-                                                                  shuffle_files=False)
-    records = records.cache().shuffle(60_000, seed=0, reshuffle_each_iteration=True).repeat()
-    records = records.batch(batch, drop_remainder=True)
-    return records.map(lambda r: mnist_preprocess(r, None),
-                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------------- peer mode
@@ -552,7 +538,9 @@ def markdown(report) -> str:
     lines = [f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
              f"TensorFlow {report['machine']['tensorflow']}, Keras "
              f"{report['machine']['keras']}; {report['machine']['date']}; load average at "
-             f"start {report['machine']['load_average_at_start'][0]:.2f}.", ""]
+             f"start {report['machine']['load_average_at_start'][0]:.2f}; training steps "
+             + ("compiled with XLA (`jit_compile=True`)" if report.get("jit_compile") else
+                "without XLA (Keras's default on CPU)") + ".", ""]
     for result in report.get("overhead", []):
         lines += [
             f"**{result['workload']}** ({result['model']}, input "
@@ -579,8 +567,7 @@ def markdown(report) -> str:
                   "", "| input | steps/s | rate / in-memory (median) | spread |",
                   "|---|---|---|---|"]
         labels = {"in_memory": "one in-memory batch, repeated",
-                  "tfds": "TFDS MNIST, the project's pipeline (`get_dataset(\"mnist\")`)",
-                  "tfds_batched_map": "TFDS MNIST, preprocessing per batch (diagnostic)"}
+                  "tfds": "TFDS MNIST, the project's pipeline (`get_dataset(\"mnist\")`)"}
         for name, row in rows.items():
             rate = 1.0 / row["ratio"]
             name = labels.get(name, name)
@@ -627,6 +614,7 @@ def main(argv):
         ("window_steps", WINDOW_STEPS), ("rounds", ROUNDS), ("warmup_steps", WARMUP_STEPS))
         if flag.value is not None}
     forwarded = [f"--{key}={value}" for key, value in overrides.items()]
+    forwarded.append(f"--jit_compile={JIT_COMPILE.value}")
     if PEER_WORKER.value:
         print(json.dumps(peer_worker(WORKLOADS_FLAG.value, SPARSITY.value, UPDATE_FREQ.value,
                                      overrides)))
@@ -637,7 +625,7 @@ def main(argv):
 
     started = time.perf_counter()
     report = {"command": " ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]),
-              "machine": machine_info()}
+              "machine": machine_info(), "jit_compile": JIT_COMPILE.value}
     if report["machine"]["load_average_at_start"][0] > 0.7:
         log(f"load average {report['machine']['load_average_at_start'][0]:.2f}: other "
             "processes share the CPU, expect noisy figures")

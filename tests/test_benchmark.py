@@ -106,3 +106,17 @@ def test_window_alignment_puts_one_update_inside(benchmark):
         timed = range(begin + 2, begin + 8)
         assert sum(1 for s in timed if s % 100 == 0) == 1
         assert runner.updates_seen == [1]
+
+
+def test_tiny_pipeline_run_reads_prepared_mnist(data_dir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--modes=pipeline", "--json", f"--data_dir={data_dir}",
+         "--window_steps=3", "--rounds=1", "--warmup_steps=1", "--jit_compile"],
+        capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["jit_compile"] is True
+    variants = report["pipeline"]["variants"]
+    assert list(variants) == ["in_memory", "tfds"]
+    assert all(row["steps_per_s"] > 0 for row in variants.values())
