@@ -81,8 +81,8 @@ class Workload:
 
 
 WORKLOADS = {
-    "lenet300_100": Workload("lenet300_100", (28, 28, 1), 10, 100, window_steps=200,
-                             rounds=15, warmup_steps=20, update_repeats=10),
+    "lenet300_100": Workload("lenet300_100", (28, 28, 1), 10, 100, window_steps=400,
+                             rounds=20, warmup_steps=20, update_repeats=10),
     "wrn_22_2": Workload("wrn_22_2", (32, 32, 3), 10, 128, window_steps=6, rounds=5,
                          warmup_steps=2, update_repeats=3),
     "resnet50": Workload("resnet50", (64, 64, 3), 1000, 32, window_steps=6, rounds=5,
