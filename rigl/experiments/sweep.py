@@ -421,12 +421,17 @@ def _committed_copy(folder: str, configs: Sequence[str], bindings: Sequence[str]
     if os.path.exists(spec_path):
         with open(spec_path) as f:
             old = json.load(f)
-    if (old.get("configs"), old.get("bindings")) != (list(configs), list(bindings)):
+    if not _same_configuration(old, configs, bindings):
         raise SweepError(f"{folder} holds results made with configs {old.get('configs')} "
                          f"bindings {old.get('bindings')}, the sweep now asks for "
                          f"{list(configs)} {list(bindings)}; delete that folder to train the "
                          f"run again, or restore the sweep file it was made with.")
     return folder
+
+
+def _same_configuration(spec: Mapping, configs: Sequence[str], bindings: Sequence[str]) -> bool:
+    """Whether a recorded ``sweep_run.json`` was made with ``configs`` and ``bindings``."""
+    return (spec.get("configs"), spec.get("bindings")) == (list(configs), list(bindings))
 
 
 def _has_progress(workdir: str) -> bool:
@@ -447,11 +452,10 @@ def check_workdirs(planned: Sequence[PlannedRun]) -> None:
             continue
         with open(path) as f:
             old = json.load(f)
-        new = p.spec()
-        if (old.get("configs"), old.get("bindings")) != (new["configs"], new["bindings"]):
+        if not _same_configuration(old, p.configs, p.bindings):
             mismatched.append(f"{p.run.name}: started with configs {old.get('configs')} "
-                              f"bindings {old.get('bindings')}, now {new['configs']} "
-                              f"{new['bindings']}")
+                              f"bindings {old.get('bindings')}, now {list(p.configs)} "
+                              f"{list(p.bindings)}")
     if mismatched:
         raise SweepError("workdirs started with another configuration (delete them or use "
                          "another --root):\n  " + "\n  ".join(mismatched))
