@@ -83,23 +83,26 @@ def _train_stream(records, ctx, per_replica_batch, skip_steps, seed, preprocess,
     records = records.repeat()
     skip = skip_steps * _examples_per_pipeline_step(ctx, per_replica_batch)
     if not per_example:
-        records = records.skip(skip).batch(per_replica_batch, drop_remainder=True)
-        records = records.map(lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=True)
-        return records.prefetch(tf.data.AUTOTUNE)
+        return _preprocess_batches(records.skip(skip), per_replica_batch, preprocess,
+                                   drop_remainder=True)
     records = records.enumerate().skip(skip)
     records = records.map(lambda i, r: preprocess(r, tf.stack([tf.cast(seed, tf.int64), i])),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return records.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def _preprocess_batches(records, batch, preprocess, drop_remainder):
+    """Batches, then applies a seed-free elementwise ``preprocess`` to whole batches."""
+    records = records.batch(batch, drop_remainder=drop_remainder)
+    return records.map(lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
 def _eval_stream(records, ctx, per_replica_batch, preprocess, per_example=True):
     num, index = _pipelines(ctx)
     records = records.shard(num, index)
     if not per_example:
-        return records.batch(per_replica_batch).map(
-            lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True).prefetch(tf.data.AUTOTUNE)
+        return _preprocess_batches(records, per_replica_batch, preprocess, drop_remainder=False)
     records = records.map(lambda r: preprocess(r, None), num_parallel_calls=tf.data.AUTOTUNE)
     return records.batch(per_replica_batch).prefetch(tf.data.AUTOTUNE)
 
