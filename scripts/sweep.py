@@ -73,7 +73,7 @@ def main(argv):
         planned = sweeps.plan(definition, root, repo, EXTRA_BINDINGS.value,
                               results_dir=results_dir)
         if DRY_RUN.value:
-            print(sweeps.describe_plan(planned))
+            print(sweeps.describe_plan(planned, env=sweeps.thread_env(JOBS.value)))
             return 0
         failed = []
         if not AGGREGATE_ONLY.value:

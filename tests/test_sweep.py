@@ -93,6 +93,11 @@ def test_plan_builds_the_train_py_command(tmp_path):
     assert "[pending] rigl_erk_s0.9_alpha05_seed0" in listing
     assert "\"--gin_bindings=training.distribution='erk'\"" in listing
     assert listing.endswith(f"{len(planned)} runs: {len(planned)} pending")
+    assert "TF_NUM" not in listing
+    # With --jobs=N the sweep splits the threads; the listed command carries them.
+    threaded = sw.describe_plan(list(planned.values()), env=sw.thread_env(2, cores=2))
+    assert ("\n    TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=1 python "
+            + os.path.join("scripts", "train.py")) in threaded
 
 
 @pytest.mark.parametrize("text, message", [

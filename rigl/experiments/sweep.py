@@ -469,7 +469,7 @@ def subprocess_launcher(argv: Sequence[str], log_path: str, cwd: str,
     full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     full_env.update(env or {})
     with open(log_path, "a") as log:
-        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {command_line(argv)}\n")
+        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {command_line(argv, env)}\n")
         log.flush()
         return subprocess.run(list(argv), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                               stdout=log, stderr=subprocess.STDOUT).returncode
@@ -599,24 +599,27 @@ def _tail(path: str, lines: int = 15) -> str:
         return "\n".join("    " + line for line in f.read().splitlines()[-lines:])
 
 
-def command_line(argv: Sequence[str]) -> str:
+def command_line(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """``argv`` as a shell command, quoted readably (``"--x='a'"`` rather than shlex's
-    ``'--x='"'"'a'"'"''``)."""
+    ``'--x='"'"'a'"'"''``), after ``NAME=value`` assignments of ``env`` if given."""
     def quote(arg):
         if shlex.quote(arg) == arg or any(c in arg for c in '"$`\\!'):
             return shlex.quote(arg)
         return f'"{arg}"'
-    return " ".join(quote(arg) for arg in argv)
+    assignments = [f"{name}={shlex.quote(value)}" for name, value in sorted((env or {}).items())]
+    return " ".join(assignments + [quote(arg) for arg in argv])
 
 
-def describe_plan(planned: Sequence[PlannedRun]) -> str:
-    """One block per run: status, name and the exact command (for ``--dry_run``)."""
+def describe_plan(planned: Sequence[PlannedRun], env: Mapping[str, str] | None = None) -> str:
+    """One block per run: status, name and the exact command (for ``--dry_run``), with the
+    environment ``env`` the sweep adds (``thread_env(jobs)``: thread counts change the
+    floating-point order of reductions, so a run is reproduced with the same ones)."""
     counts: dict[str, int] = {}
     lines = []
     for p in planned:
         status = p.status
         counts[status] = counts.get(status, 0) + 1
-        lines.append(f"[{status}] {p.run.name}\n    {command_line(p.argv)}")
+        lines.append(f"[{status}] {p.run.name}\n    {command_line(p.argv, env)}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return "\n".join(lines + [f"{len(planned)} runs: {summary}"])
 
