@@ -33,8 +33,9 @@ RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Where tables, plots and 
                                   "results.json go (default: results/<sweep name>).")
 AGGREGATE_ONLY = flags.DEFINE_bool("aggregate_only", False, "Train nothing: collect finished "
                                    "runs and write the tables and plots.")
-DRY_RUN = flags.DEFINE_bool("dry_run", False, "List every run, its status and its command; "
-                            "train and write nothing.")
+DRY_RUN = flags.DEFINE_bool("dry_run", False, "List every run, its status and its command "
+                            "(with the thread environment --jobs gives it); train and write "
+                            "nothing.")
 MAX_RUNS = flags.DEFINE_integer("max_runs", None, "Train at most this many unfinished runs, "
                                 "then aggregate and stop.", lower_bound=0)
 JOBS = flags.DEFINE_integer("jobs", 1, "Runs trained at the same time, the CPU cores split "
