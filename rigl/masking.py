@@ -106,7 +106,7 @@ def _copy_weights(source, target) -> None:
                              f"{dst.path} {tuple(dst.shape)}.")
         value = keras.ops.convert_to_numpy(src)
         if id(src) in masks:
-            value = value * keras.ops.convert_to_numpy(masks[id(src)])
+            value = np.where(keras.ops.convert_to_numpy(masks[id(src)]), value, 0)
         dst.assign(value)
 
 
@@ -135,15 +135,15 @@ def _layer_seed(seed: int, name: str) -> list[int]:
 
 
 def random_mask(shape, sparsity: float, seed: int, name: str) -> np.ndarray:
-    """A binary mask of ``shape`` with exactly ``num_zeros(sparsity, size)`` zeros.
+    """A boolean mask of ``shape`` with exactly ``num_zeros(sparsity, size)`` False entries.
 
     The positions are uniformly random, drawn from ``(seed, crc32(name))`` so that every
     process (replica, worker, resumed run) draws the same mask.
     """
     size = int(np.prod(shape))
     rng = np.random.default_rng(_layer_seed(seed, name))
-    flat = np.ones(size, dtype=np.float32)
-    flat[rng.permutation(size)[: distributions.num_zeros(sparsity, size)]] = 0.0
+    flat = np.ones(size, dtype=bool)
+    flat[rng.permutation(size)[: distributions.num_zeros(sparsity, size)]] = False
     return flat.reshape(shape)
 
 
@@ -223,7 +223,7 @@ def sparsify(
     for weight in masked_weights(sparse):
         mask = random_mask(weight.mask.shape, sparsities[weight.name], seed, weight.name)
         weight.mask.assign(mask)
-        weight.masked_kernel.assign(weight.masked_kernel.numpy() * mask)
+        weight.masked_kernel.assign(np.where(mask, weight.masked_kernel.numpy(), 0))
     return sparse
 
 

@@ -51,7 +51,7 @@ class LayerView:
         index: position of the layer among the model's masked layers.
         name: the layer's name.
         weights: the kernel (zero where the mask is zero).
-        mask: the current binary mask (float, kernel's shape).
+        mask: the current mask (bool, kernel's shape).
         step: the update step (int64 scalar).
         gradient: dense gradient of the loss for the kernel (updaters that need it).
         momentum: the optimizer's first-moment slot for the kernel (SNFS).
@@ -279,7 +279,7 @@ def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
     break by position (lower flat index first).
 
     Args:
-        mask: flat 0/1 float tensor.
+        mask: flat boolean tensor (0/1 numbers work too: nonzero is active).
         drop_scores: flat scores; higher means more worth keeping (only active ones count).
         grow_scores: flat scores; higher means more worth growing, or None if n_grow is 0.
         n_drop: int32 scalar, 0 <= n_drop <= n_active.
@@ -288,7 +288,7 @@ def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
     Returns:
         The new flat boolean mask.
     """
-    return _drop_and_grow(mask > 0, drop_scores, grow_scores, n_drop, n_grow)[0]
+    return _drop_and_grow(tf.cast(mask, tf.bool), drop_scores, grow_scores, n_drop, n_grow)[0]
 
 
 @_plain
@@ -304,7 +304,7 @@ def _apply_update(new, ok, mask, weights, grown_values, slots):
     regrown connections keep their weight and slots, truly new ones (born) start at
     ``grown_values`` (None: zero) with zeroed slots, dropped ones become zero.
     """
-    active = mask > 0
+    active = tf.cast(mask, tf.bool)
     new = tf.logical_and(new, ok) | tf.logical_and(active, tf.logical_not(ok))
     born = tf.logical_and(new, tf.logical_not(active))
     zeros = tf.zeros_like(weights)
@@ -389,7 +389,7 @@ class Updater(abc.ABC):
 
     def counts(self, layer: LayerView, drop_fraction: tf.Tensor):
         """(n_drop, n_grow) for a layer: both floor(f * n_active), so nnz never changes."""
-        n_active = tf.reduce_sum(tf.cast(layer.mask > 0, tf.int32))
+        n_active = tf.reduce_sum(tf.cast(layer.mask, tf.int32))
         n = floor_count(drop_fraction, n_active)
         return n, n
 
@@ -585,7 +585,7 @@ class Updater(abc.ABC):
             )
             drop, grow = self.drop_scores(view), self.grow_scores(view)
             n_drop, n_grow = self.counts(view, drop_fraction)
-            new, scores_finite = _drop_and_grow(flat(view.mask) > 0, flat(drop), flat(grow),
+            new, scores_finite = _drop_and_grow(flat(view.mask), flat(drop), flat(grow),
                                                 n_drop, n_grow)
             views.append(view)
             new_masks.append(new)
@@ -614,7 +614,7 @@ class Updater(abc.ABC):
             return tf.zeros_like(view.weights)
         if self.grow_init == "initial_value":
             return tf.convert_to_tensor(self._initial_values[i])
-        active = view.mask > 0
+        active = view.mask
         n_active = tf.maximum(tf.reduce_sum(tf.cast(active, view.weights.dtype)), 1.0)
         mean = tf.reduce_sum(view.weights) / n_active
         var = tf.reduce_sum(tf.where(active, (view.weights - mean) ** 2, 0.0)) / n_active
@@ -772,7 +772,7 @@ class GradualPruning(_DenseToSparse):
         t = tf.cast(layer.step, tf.float64)
         progress = tf.clip_by_value((t - begin) / max(end - begin, 1.0), 0.0, 1.0)
         sparsity = final + (self.initial_sparsity - final) * (1.0 - progress) ** 3
-        n_active = tf.reduce_sum(tf.cast(layer.mask > 0, tf.int32))
+        n_active = tf.reduce_sum(tf.cast(layer.mask, tf.int32))
         target = self._target_active(layer, sparsity)
         return tf.maximum(n_active - target, 0), tf.constant(0, tf.int32)
 
@@ -797,7 +797,7 @@ class SNIP(_DenseToSparse):
         return tf.abs(layer.weights * layer.gradient)
 
     def counts(self, layer, drop_fraction):
-        n_active = tf.reduce_sum(tf.cast(layer.mask > 0, tf.int32))
+        n_active = tf.reduce_sum(tf.cast(layer.mask, tf.int32))
         target = self._target_active(layer, self.target_sparsities[layer.name])
         return tf.maximum(n_active - target, 0), tf.constant(0, tf.int32)
 

@@ -61,8 +61,10 @@ sys.path.insert(0, ROOT)
 MODES = ("overhead", "pipeline", "peer")
 VARIANTS = ("dense", "static", "set", "snfs", "rigl", "prune")
 # Diagnostics, not sparse training: the masked model with the mask constraint removed (its
-# kernels drift off zero), to time what the constraint costs.
-DIAGNOSTIC_VARIANTS = ("static_no_constraint",)
+# kernels drift off zero), to time what the constraint costs; the plain model compiled the
+# other way (with XLA where the workload runs without, and the reverse), to show in the same
+# run whether the workload's XLA setting helps the dense floor itself.
+DIAGNOSTIC_VARIANTS = ("static_no_constraint", "dense_other_xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +80,15 @@ class Workload:
     warmup_steps: int  # per window, excluded from the timing
     update_repeats: int  # direct timings of one mask update
     options: tuple = ()  # extra build_model keyword arguments, as (name, value) pairs
+    # XLA where it helps the plain dense model on a 2-core CPU (every variant alike): it
+    # fuses LeNet-300-100's elementwise passes (its dense step ~8% faster), but compiles
+    # convolutions far slower than TensorFlow's oneDNN kernels (ResNet-50 ~4.5x slower).
+    jit_compile: bool = False
 
 
 WORKLOADS = {
     "lenet300_100": Workload("lenet300_100", (28, 28, 1), 10, 100, window_steps=400,
-                             rounds=20, warmup_steps=20, update_repeats=10),
+                             rounds=20, warmup_steps=20, update_repeats=10, jit_compile=True),
     "wrn_22_2": Workload("wrn_22_2", (32, 32, 3), 10, 128, window_steps=6, rounds=5,
                          warmup_steps=2, update_repeats=3),
     "resnet50": Workload("resnet50", (64, 64, 3), 1000, 32, window_steps=6, rounds=5,
@@ -102,9 +108,11 @@ WORKLOADS_FLAG = flags.DEFINE_list(
     f"{sorted(WORKLOADS)}.")
 VARIANTS_FLAG = flags.DEFINE_list("variants", list(VARIANTS),
                                   f"Variants, of {VARIANTS + DIAGNOSTIC_VARIANTS}.")
-JIT_COMPILE = flags.DEFINE_bool(
-    "jit_compile", False, "Compile every variant's training step with XLA "
-    "(`model.compile(jit_compile=True)`); Keras leaves XLA off on CPU by default.")
+JIT_COMPILE = flags.DEFINE_enum(
+    "jit_compile", "auto", ["auto", "true", "false"],
+    "Compile the training step of every variant with XLA (`model.compile(jit_compile=True)`): "
+    "auto = per workload, where it speeds up the plain dense model (LeNet-300-100; not the "
+    "convolutional ones); true/false = every workload. Keras leaves XLA off on CPU.")
 SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Sparsity of the sparse variants (uniform).")
 UPDATE_FREQ = flags.DEFINE_integer("update_freq", 100, "ΔT of every updating variant.")
 WINDOW_STEPS = flags.DEFINE_integer("window_steps", None, "Timed steps per window (W); "
@@ -280,10 +288,15 @@ def _synthetic(workload: Workload, seed: int = 0):
     return (x, y), tf.data.Dataset.from_tensors((x, y)).repeat()
 
 
-def _compile(model, keras):
+def uses_xla(workload: Workload) -> bool:
+    """Whether ``workload``'s training steps are compiled with XLA (``--jit_compile``)."""
+    return workload.jit_compile if JIT_COMPILE.value == "auto" else JIT_COMPILE.value == "true"
+
+
+def _compile(model, keras, jit_compile: bool):
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=JIT_COMPILE.value)
+                  jit_compile=jit_compile)
     return model
 
 
@@ -304,7 +317,7 @@ def build_runners(workload: Workload, variants, sparsity: float, update_freq: in
             model = rigl.sparsify(model, sparsity, seed=0)
             for weight in rigl.masked_weights(model):
                 weight.masked_kernel.constraint = None
-        elif name != "dense":
+        elif name not in ("dense", "dense_other_xla"):
             model = rigl.sparsify(model, 0.0 if name == "prune" else sparsity, seed=0)
             updater = {
                 "static": lambda: rigl.Static(),
@@ -314,7 +327,8 @@ def build_runners(workload: Workload, variants, sparsity: float, update_freq: in
                 "prune": lambda: rigl.GradualPruning(sparsity, update_freq=update_freq,
                                                      end_step=update_freq * 1000),
             }[name]()
-        _compile(model, keras)
+        xla = uses_xla(workload)
+        _compile(model, keras, not xla if name == "dense_other_xla" else xla)
         callback = None
         if updater is not None:
             callback = rigl.SparseTraining(updater,
@@ -377,7 +391,7 @@ def overhead_mode(names, variants, sparsity, update_freq, overrides, log):
             "workload": name, "model": workload.model, "input_shape": list(workload.input_shape),
             "batch": workload.batch, "masked_layers": len(masked),
             "masked_weights": sum(int(w.mask.shape.num_elements()) for w in masked),
-            "sparsity": sparsity, "update_freq": update_freq,
+            "sparsity": sparsity, "update_freq": update_freq, "jit_compile": uses_xla(workload),
             "window_steps": workload.window_steps, "period_steps": period,
             "warmup_steps": workload.warmup_steps, "rounds": workload.rounds,
             "seconds": time.perf_counter() - started, "variants": summary,
@@ -409,7 +423,8 @@ def pipeline_mode(data_dir, source, log, overrides):
     one_batch = next(iter(tfds_data))
     memory_data = tf.data.Dataset.from_tensors(one_batch).repeat()
     keras.utils.set_random_seed(0)
-    model = _compile(build_model(config["model"], spec.input_shape, spec.num_classes), keras)
+    model = _compile(build_model(config["model"], spec.input_shape, spec.num_classes), keras,
+                     JIT_COMPILE.value == "true")
     log(f"pipeline: {config['model']} batch {config['batch']}, W={config['window_steps']}, "
         f"{config['rounds']} rounds")
     datasets = {"in_memory": memory_data, "tfds": tfds_data}
@@ -475,7 +490,7 @@ def peer_worker(names, sparsity, update_freq, overrides):
                 model = tfmot.sparsity.keras.prune_low_magnitude(model,
                                                                  pruning_schedule=schedule)
                 callbacks, freq = [tfmot.sparsity.keras.UpdatePruningStep()], update_freq
-            _compile(model, tf_keras)
+            _compile(model, tf_keras, uses_xla(workload))
             runners.append(Runner(variant, model, callbacks, freq))
         started = time.perf_counter()
         period = time_runners(runners, data, tf_keras, workload, update_freq)
@@ -538,9 +553,8 @@ def markdown(report) -> str:
     lines = [f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; "
              f"TensorFlow {report['machine']['tensorflow']}, Keras "
              f"{report['machine']['keras']}; {report['machine']['date']}; load average at "
-             f"start {report['machine']['load_average_at_start'][0]:.2f}; training steps "
-             + ("compiled with XLA (`jit_compile=True`)" if report.get("jit_compile") else
-                "without XLA (Keras's default on CPU)") + ".", ""]
+             f"start {report['machine']['load_average_at_start'][0]:.2f}; "
+             f"`--jit_compile={report.get('jit_compile')}`.", ""]
     for result in report.get("overhead", []):
         lines += [
             f"**{result['workload']}** ({result['model']}, input "
@@ -548,7 +562,8 @@ def markdown(report) -> str:
             f"{result['masked_layers']} masked layers, {result['masked_weights']:,} weights at "
             f"sparsity {result['sparsity']}; ΔT = {result['update_freq']}; windows of "
             f"{result['window_steps']} steps standing for {result['period_steps']}, "
-            f"{result['rounds']} rounds)", "",
+            f"{result['rounds']} rounds; training steps "
+            + ("compiled with XLA" if result.get("jit_compile") else "without XLA") + ")", "",
             "| variant | steps/s | time / dense (median) | spread (min–max) | mask update ms "
             "| update / dense step | extra gradient ms | peak memory MB |",
             "|---|---|---|---|---|---|---|---|"]

@@ -25,7 +25,8 @@ def tiny_report():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, SCRIPT, "--modes=overhead,peer", "--workloads=tiny", "--json",
-         "--bench_python=/nonexistent/python"],
+         "--bench_python=/nonexistent/python",
+         "--variants=dense,static,set,snfs,rigl,prune,dense_other_xla"],
         capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -37,8 +38,11 @@ def test_tiny_overhead_run_reports_every_variant(tiny_report):
     assert result["masked_layers"] == 3 and result["masked_weights"] > 0
     assert result["period_steps"] == 100  # a 3-step window stands for one ΔT period
     variants = result["variants"]
-    assert list(variants) == ["dense", "static", "set", "snfs", "rigl", "prune"]
+    assert list(variants) == ["dense", "static", "set", "snfs", "rigl", "prune",
+                              "dense_other_xla"]
     assert variants["dense"]["ratio"] == 1.0
+    # --jit_compile=auto: the tiny workload runs without XLA, so the diagnostic runs with.
+    assert tiny_report["jit_compile"] == "auto" and result["jit_compile"] is False
     for name, row in variants.items():
         assert row["steps_per_s"] > 0 and row["ratio"] > 0, name
         assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"], name
@@ -51,9 +55,10 @@ def test_tiny_overhead_run_reports_every_variant(tiny_report):
         assert row["update_ms"] > 0 and row["update_to_step"] > 0, name
         assert row["update_traces"] == 1, name
     assert variants["rigl"]["gradient_ms"] > 0
-    assert variants["dense"]["updates_per_window"] == []  # no callback at all
+    for name in ("dense", "dense_other_xla"):
+        assert variants[name]["updates_per_window"] == []  # no callback at all
     assert variants["static"]["updates_per_window"] == [0]
-    for name in ("dense", "static"):
+    for name in ("dense", "static", "dense_other_xla"):
         assert "update_ms" not in variants[name]
 
 
@@ -112,11 +117,11 @@ def test_tiny_pipeline_run_reads_prepared_mnist(data_dir):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(
         [sys.executable, SCRIPT, "--modes=pipeline", "--json", f"--data_dir={data_dir}",
-         "--window_steps=3", "--rounds=1", "--warmup_steps=1", "--jit_compile"],
+         "--window_steps=3", "--rounds=1", "--warmup_steps=1", "--jit_compile=true"],
         capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report["jit_compile"] is True
+    assert report["jit_compile"] == "true"
     variants = report["pipeline"]["variants"]
     assert list(variants) == ["in_memory", "tfds"]
     assert all(row["steps_per_s"] > 0 for row in variants.values())

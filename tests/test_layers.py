@@ -76,9 +76,21 @@ def test_mask_is_non_trainable_weight_of_kernel_shape(case):
     assert any(w is layer.mask for w in layer.non_trainable_weights)
     assert not any(w is layer.mask for w in layer.trainable_weights)
     assert layer.mask.path.endswith("mask")
-    np.testing.assert_array_equal(layer.mask.numpy(), np.ones(kernel_shape, "float32"))
+    assert layer.mask.dtype == "bool"  # a byte per weight, not the kernel's four
+    np.testing.assert_array_equal(layer.mask.numpy(), np.ones(kernel_shape, bool))
     assert isinstance(layer, PLAIN[case])
     assert [id(x) for x in rigl.masked_layers(model)] == [id(layer)]
+
+
+def test_mask_accepts_0_1_numbers_and_the_constraint_zeroes_where_false():
+    layer = _layer(_model("dense"))
+    values = np.zeros((20, 7), "float32")
+    values[::2] = 1.0  # 0/1 floats, as masks were stored before they were boolean
+    layer.mask.assign(values)
+    np.testing.assert_array_equal(layer.mask.numpy(), values != 0)
+    kernel = np.arange(1.0, 141.0, dtype="float32").reshape(20, 7)
+    constrained = layer.masked_kernel.constraint(tf.constant(kernel)).numpy()
+    np.testing.assert_array_equal(constrained, np.where(values != 0, kernel, 0.0))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
