@@ -24,6 +24,7 @@ Usage::
 
     python scripts/benchmark.py                         # everything, markdown tables
     python scripts/benchmark.py --json > bench.json     # the same as JSON
+    python scripts/benchmark.py --render=bench.json     # its markdown tables, later
     python scripts/benchmark.py --modes=overhead --workloads=lenet300_100
     python scripts/benchmark.py --modes=overhead --workloads=tiny --rounds=2   # seconds
 
@@ -130,6 +131,8 @@ ROUNDS = flags.DEFINE_integer("rounds", None, "Timed windows per variant; defaul
 WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", None, "Untimed steps at the start of "
                                     "every window; default: per workload.")
 JSON_FLAG = flags.DEFINE_boolean("json", False, "Print JSON instead of markdown tables.")
+RENDER = flags.DEFINE_string("render", None, "Print the markdown tables of a report written "
+                             "earlier with --json (this file), and run nothing.")
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data_dir for the pipeline mode (default: TFDS's, TFDS_DATA_DIR "
     "honoured); MNIST is prepared there from --mnist_source if missing.")
@@ -623,6 +626,10 @@ def markdown(report) -> str:
 
 def main(argv):
     del argv
+    if RENDER.value:
+        with open(RENDER.value) as f:
+            print(markdown(json.load(f)))
+        return
     for name in MODES_FLAG.value:
         if name not in MODES:
             raise app.UsageError(f"--modes: unknown {name!r}; allowed: {MODES}.")

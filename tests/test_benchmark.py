@@ -74,6 +74,15 @@ def test_markdown_report(benchmark, tiny_report):
     assert "Command: `python scripts/benchmark.py" in text.splitlines()[-1]
 
 
+def test_render_prints_the_markdown_of_a_json_report(benchmark, tiny_report, tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(tiny_report))
+    done = subprocess.run([sys.executable, SCRIPT, f"--render={path}"], capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == benchmark.markdown(tiny_report).strip()
+
+
 def test_window_alignment_puts_one_update_inside(benchmark):
     """run_window's arithmetic: for W < ΔT the window is moved onto an update step."""
     class FakeVariable:
