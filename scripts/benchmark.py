@@ -90,8 +90,9 @@ class Workload:
     update_repeats: int  # direct timings of one mask update
     options: tuple = ()  # extra build_model keyword arguments, as (name, value) pairs
     # XLA where it helps the plain dense model on a 2-core CPU (every variant alike): it
-    # fuses LeNet-300-100's elementwise passes (its dense step ~8% faster), but compiles
-    # convolutions far slower than TensorFlow's oneDNN kernels (ResNet-50 ~4.5x slower).
+    # fuses LeNet-300-100's elementwise passes (its dense step ~10% faster), but compiles
+    # convolutions far slower than TensorFlow's oneDNN kernels (WRN-22-2 1.4x, ResNet-50 4x
+    # slower): the dense_other_xla rows of results/benchmark/benchmark.md.
     jit_compile: bool = False
 
 
