@@ -628,6 +628,9 @@ def markdown(report) -> str:
 def main(argv):
     del argv
     if RENDER.value:
+        if not os.path.isfile(RENDER.value):
+            raise app.UsageError(f"--render: no such file {RENDER.value!r}; pass a report "
+                                 "written with --json.")
         with open(RENDER.value) as f:
             print(markdown(json.load(f)))
         return

@@ -81,6 +81,9 @@ def test_render_prints_the_markdown_of_a_json_report(benchmark, tiny_report, tmp
                           text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == benchmark.markdown(tiny_report).strip()
+    missing = subprocess.run([sys.executable, SCRIPT, f"--render={tmp_path / 'none.json'}"],
+                             capture_output=True, text=True, timeout=600, check=False)
+    assert missing.returncode != 0 and "--render: no such file" in missing.stderr
 
 
 def test_window_alignment_puts_one_update_inside(benchmark):
