@@ -8,13 +8,12 @@ Castro, Elsen, ICML 2020, https://arxiv.org/abs/1911.11134).
     model.fit(ds, callbacks=[rigl.SparseTraining(rigl.RigL(), data=ds)])
 """
 
-from rigl import flops
+# `import rigl` loads the library only: neither gin, TFDS nor rigl.experiments. The loss and
+# learning-rate schedule that models saved by scripts/train.py reference are registered by
+# rigl.losses and rigl.schedules, so those models load with keras.saving.load_model.
+from rigl import flops, losses, methods, schedules  # noqa: F401
 from rigl.callbacks import SparseTraining
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
-
-# Registers the experiments' learning-rate schedule, so that models saved by
-# scripts/train.py load with keras.saving.load_model after `import rigl`.
-from rigl.experiments import optim as _optim  # noqa: E402,F401
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (
     get_masks,
@@ -25,18 +24,17 @@ from rigl.masking import (
     strip,
     total_sparsity,
 )
+from rigl.methods import METHODS, UPDATERS, get_updater
 from rigl.updaters import (
     SET,
     SNFS,
     SNIP,
-    UPDATERS,
     GradualPruning,
     RigL,
     Static,
     Updater,
     UpdateResult,
     drop_and_grow,
-    get_updater,
 )
 
 __version__ = "0.1.0"
@@ -48,6 +46,7 @@ __all__ = [
     "MaskedDense",
     "MaskedDepthwiseConv2D",
     "MaskedGRU",
+    "METHODS",
     "RigL",
     "SET",
     "SNFS",
@@ -64,6 +63,7 @@ __all__ = [
     "layer_sparsities",
     "masked_layers",
     "masked_weights",
+    "methods",
     "measured_sparsities",
     "sparsify",
     "strip",

@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
-from rigl import distributions, masking
+from rigl import distributions, masking, methods
 from rigl.schedules import polynomial_sparsity
 
 __all__ = [
@@ -85,7 +85,7 @@ __all__ = [
 ]
 
 PARAM_BITS = 32
-METHODS = ("dense", "static", "set", "snip", "snfs", "rigl", "prune", "small_dense")
+METHODS = methods.METHODS  # the registry's names (rigl.methods)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,7 +467,8 @@ def train_flops_per_step(
     """Training FLOPs of one example at one step, averaged over a run (Appendix H).
 
     Args:
-        method: one of ``METHODS``.
+        method: one of ``METHODS`` (``rigl.methods``); its registry row's ``flops_rule``
+            says how a step is counted.
         dense_flops: ``f_D``, forward FLOPs of the dense model.
         sparse_flops: ``f_S``, forward FLOPs of the sparse model (for ``prune``: the final
             one; for ``small_dense``: the small dense model's). Not used by ``dense``.
@@ -479,28 +480,27 @@ def train_flops_per_step(
         ValueError: naming the argument, for an unknown method, negative or missing FLOPs, or
             a missing or invalid schedule.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown {method!r}; allowed: {METHODS}.")
+    rule = methods.get_method(method).flops_rule
     f_d = _check_flops(dense_flops, "dense_flops")
     if f_d <= 0:
         raise ValueError(f"dense_flops: must be > 0, got {dense_flops!r}.")
-    if method == "dense":
+    if rule == "dense":
         return 3.0 * f_d
     if sparse_flops is None:
         raise ValueError(f"sparse_flops: required for method {method!r}.")
     f_s = _check_flops(sparse_flops, "sparse_flops")
-    if method in ("static", "set", "snip", "small_dense"):
+    if rule == "sparse":
         return 3.0 * f_s
-    if method == "snfs":
+    if rule == "snfs":
         return 2.0 * f_s + f_d
-    if method == "rigl":
+    if rule == "rigl":
         dt = _check_positive_int(update_freq, "update_freq", 1)
         return (3.0 * f_s * dt + 2.0 * f_s + f_d) / (dt + 1)
     schedule = {"begin_step": begin_step, "end_step": end_step, "frequency": frequency,
                 "total_steps": total_steps}
     for name, value in schedule.items():
         if value is None:
-            raise ValueError(f"{name}: required for method 'prune'.")
+            raise ValueError(f"{name}: required for method {method!r}.")
     progress = pruning_progress(**schedule)
     return 3.0 * (f_d - progress * (f_d - f_s))
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Mapping
 
 import keras
 import numpy as np
 
-from rigl import distributions
+from rigl import distributions, seeds
 from rigl.layers import MASKED_TWINS, PLAIN_TWINS, MaskedWeight, is_masked, kernel_shapes
 
 
@@ -128,12 +127,6 @@ def _rewrite(model, clone_layer):
     return clone
 
 
-def _layer_seed(seed: int, name: str) -> list[int]:
-    # crc32 rather than hash(): Python's string hash changes from process to process, which
-    # would give different masks on different workers.
-    return [int(seed), zlib.crc32(name.encode("utf-8"))]
-
-
 def random_mask(shape, sparsity: float, seed: int, name: str) -> np.ndarray:
     """A boolean mask of ``shape`` with exactly ``num_zeros(sparsity, size)`` False entries.
 
@@ -141,7 +134,7 @@ def random_mask(shape, sparsity: float, seed: int, name: str) -> np.ndarray:
     process (replica, worker, resumed run) draws the same mask.
     """
     size = int(np.prod(shape))
-    rng = np.random.default_rng(_layer_seed(seed, name))
+    rng = np.random.default_rng(seeds.layer_seed(seed, name))
     flat = np.ones(size, dtype=bool)
     flat[rng.permutation(size)[: distributions.num_zeros(sparsity, size)]] = False
     return flat.reshape(shape)

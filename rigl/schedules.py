@@ -1,7 +1,8 @@
-"""When masks are updated and by how much: update windows, drop-fraction decay, pruning.
+"""Schedules over training steps: update windows, drop-fraction decay, pruning, learning rate.
 
-All schedules are frozen dataclasses validated at construction, evaluated in Python on the
-step number, so the compiled update function receives plain numbers and never retraces.
+The mask schedules are frozen dataclasses validated at construction, evaluated in Python on
+the step number, so the compiled update function receives plain numbers and never retraces.
+The learning-rate schedule (``WarmupSchedule``) is a Keras schedule evaluated in the graph.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+
+import keras
 
 DROP_FRACTION_DECAYS = ("constant", "cosine", "inverse_power")
 
@@ -139,3 +142,54 @@ def polynomial_sparsity(
         return final
     progress = (step - begin_step) / (end_step - begin_step)
     return final + (initial - final) * (1.0 - progress) ** power
+
+
+# ------------------------------------------------------------------- learning rate
+# Registered with Keras (package "rigl"), so that models saved with it load after
+# `import rigl`.
+
+
+@keras.saving.register_keras_serializable(package="rigl")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``base``, then constant, step decay or cosine decay.
+
+    Args:
+        base: peak learning rate.
+        total_steps: training length (for cosine).
+        warmup_steps: steps of linear warm-up from ~0 to ``base``.
+        schedule: "constant", "step" (multiply by ``decay_factor`` at every boundary) or
+            "cosine" (from ``base`` after warm-up to 0 at ``total_steps``).
+        boundaries: steps where "step" decays.
+        decay_factor: multiplier applied at each boundary.
+    """
+
+    def __init__(self, base, total_steps, warmup_steps=0, schedule="constant",
+                 boundaries=(), decay_factor=0.1):
+        self.base = float(base)
+        self.total_steps = int(total_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.schedule = schedule
+        self.boundaries = [int(b) for b in boundaries]
+        self.decay_factor = float(decay_factor)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        if self.schedule == "step":
+            lr = keras.ops.convert_to_tensor(self.base, "float32")
+            for boundary in self.boundaries:
+                lr = keras.ops.where(step >= boundary, lr * self.decay_factor, lr)
+        elif self.schedule == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = keras.ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            lr = 0.5 * self.base * (1.0 + keras.ops.cos(math.pi * progress))
+        else:
+            lr = keras.ops.convert_to_tensor(self.base, "float32")
+        if self.warmup_steps:
+            warm = self.base * (step + 1.0) / self.warmup_steps
+            lr = keras.ops.where(step < self.warmup_steps, warm, lr)
+        return lr
+
+    def get_config(self):
+        return {"base": self.base, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "schedule": self.schedule,
+                "boundaries": self.boundaries, "decay_factor": self.decay_factor}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import warnings
-import zlib
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -39,6 +38,7 @@ import tensorflow as tf
 from rigl import distributions, optimizer_state
 from rigl.masking import masked_weights
 from rigl.schedules import DropFraction, UpdateSchedule, _check_int, polynomial_sparsity
+from rigl.seeds import stable_seed
 
 GROW_INITS = ("zeros", "random_normal", "initial_value")
 
@@ -81,11 +81,6 @@ class UpdateResult:
     drop_fraction: float
     changed: dict[str, int]
     skipped: bool
-
-
-def stable_seed(*parts) -> int:
-    """A 31-bit seed from ``parts`` that is the same in every process (unlike ``hash``)."""
-    return zlib.crc32("/".join(str(p) for p in parts).encode("utf-8")) & 0x7FFFFFFF
 
 
 def floor_count(fraction, n):
@@ -474,6 +469,14 @@ class Updater(abc.ABC):
             raise RuntimeError(f"{type(self).__name__}: call bind(model, optimizer) first.")
 
     @property
+    def update_traces(self) -> int:
+        """How many times the compiled update has been traced since the last (re)binding.
+
+        1 after the first update of a run: updates never retrace (0 before any update)."""
+        self._require_bound()
+        return self._update_fn.experimental_get_tracing_count()
+
+    @property
     def layer_names(self) -> list[str]:
         self._require_bound()
         return [layer.name for layer in self._targets]
@@ -802,16 +805,3 @@ class SNIP(_DenseToSparse):
         n_active = tf.reduce_sum(tf.cast(layer.mask, tf.int32))
         target = self._target_active(layer, self.target_sparsities[layer.name])
         return tf.maximum(n_active - target, 0), tf.constant(0, tf.int32)
-
-
-UPDATERS: dict[str, type[Updater]] = {
-    cls.name: cls for cls in (Static, SET, SNFS, RigL, GradualPruning, SNIP)
-}
-
-
-def get_updater(method: str, **kwargs) -> Updater:
-    """Builds the updater registered as ``method`` (see ``UPDATERS``) with ``kwargs``."""
-    if method not in UPDATERS:
-        raise ValueError(f"method: unknown updater {method!r}; allowed: {sorted(UPDATERS)}.")
-    return UPDATERS[method](**kwargs)
-

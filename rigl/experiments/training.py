@@ -56,23 +56,19 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
                  multiplier=1.0, update_freq=100, begin_step=0, end_step=None,
                  drop_fraction=0.3, drop_fraction_decay="cosine", decay_power=1.0,
                  grow_init="zeros", initial_sparsity=0.0):
-    """The updater of ``method`` (None for dense); its step anchors scale with ``multiplier``."""
-    scale = lambda s: None if s is None else round(s * multiplier)  # noqa: E731
-    schedule = dict(update_freq=update_freq, begin_step=scale(begin_step),
-                    end_step=scale(end_step), seed=seed)
-    targets = dict(sparsity=sparsity, distribution=distribution,
-                   custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale)
-    if method in ("dense", "small_dense"):
+    """The updater of ``method`` (None without masks); its step anchors scale with
+    ``multiplier``. Every ``updater.*`` binding goes to ``rigl.get_updater``, which keeps
+    those the method takes."""
+    if rigl.methods.get_method(method, "training.method").updater is None:
         return None
-    if method == "static":
-        return rigl.Static(seed=seed)
-    if method == "prune":
-        return rigl.GradualPruning(initial_sparsity=initial_sparsity, **targets, **schedule)
-    if method == "snip":
-        return rigl.SNIP(begin_step=scale(begin_step), seed=seed, **targets)
-    return rigl.get_updater(method, drop_fraction=drop_fraction,
-                            drop_fraction_decay=drop_fraction_decay, decay_power=decay_power,
-                            grow_init=grow_init, **schedule)
+    scale = lambda s: None if s is None else round(s * multiplier)  # noqa: E731
+    return rigl.get_updater(
+        method, ignore_unused=True, sparsity=sparsity, distribution=distribution,
+        custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale,
+        initial_sparsity=initial_sparsity, update_freq=update_freq,
+        begin_step=scale(begin_step), end_step=scale(end_step), drop_fraction=drop_fraction,
+        drop_fraction_decay=drop_fraction_decay, decay_power=decay_power,
+        grow_init=grow_init, seed=seed)
 
 
 def _loss_terms(task: str, labels, logits, label_smoothing: float = 0.0):
