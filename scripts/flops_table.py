@@ -27,7 +27,9 @@ MODEL_DEFAULTS = {
     "lenet300_100": ((28, 28, 1), 10),
     "lenet5": ((28, 28, 1), 10),
 }
-METHODS = ("dense", "static", "set", "snip", "snfs", "rigl", "prune", "small_dense")
+from rigl import methods  # noqa: E402 (after the path set-up above)
+
+METHODS = methods.METHODS
 
 MODEL = flags.DEFINE_enum("model", "resnet50", list(MODEL_DEFAULTS), "Model to count.")
 DISTRIBUTION = flags.DEFINE_enum("distribution", "uniform", ["uniform", "er", "erk"],
@@ -155,7 +157,7 @@ def count(counter, method, distribution, sparsity, multiplier=1.0, first_layer_d
         "update_freq": update_freq, "dense_inference_flops": dense_flops,
         "dense_size_mb": flops.model_size_mb(model, dense=True),
     }
-    if method == "dense":
+    if not methods.get_method(method).uses_sparsity:
         sparsities, dense = {}, []
         result.update(distribution=None, sparsity=0.0, dense_layers=[])
     else:
@@ -173,7 +175,7 @@ def count(counter, method, distribution, sparsity, multiplier=1.0, first_layer_d
     rows = flops.layer_table(table_model, table_sparsities)
     inference = sum(row.flops for row in rows)
     schedule = dict(schedule or {})
-    if method == "prune":
+    if methods.get_method(method).flops_rule == "prune":
         schedule.setdefault("total_steps", PAPER_SETUP["steps"])
     else:
         schedule = {}
@@ -188,7 +190,7 @@ def count(counter, method, distribution, sparsity, multiplier=1.0, first_layer_d
         params=sum(row.nonzeros + row.channels for row in rows),
         layers=[row.as_dict() for row in rows],
     )
-    if method == "prune":
+    if schedule:
         result["pruning_schedule"] = schedule
     return result
 
@@ -207,7 +209,8 @@ def paper_table(small_dense_match="params"):
         row = {"label": label, "method": method, "distribution": distribution,
                "multiplier": multiplier}
         for sparsity, published in zip((0.8, 0.9), PAPER_TABLE[label]):
-            key = (method if method in ("small_dense", "dense") else "sparse", distribution,
+            # Every masked method at one sparsity counts the same model.
+            key = ("masked" if methods.get_method(method).masked else method, distribution,
                    sparsity)
             if key not in cache:
                 cache[key] = count(counter, method, distribution, sparsity,
@@ -216,7 +219,7 @@ def paper_table(small_dense_match="params"):
             train = flops.train_flops_ratio(
                 method, base["dense_inference_flops"], base["inference_flops"], multiplier,
                 update_freq=PAPER_SETUP["update_freq"],
-                **(schedule if method == "prune" else {}))
+                **(schedule if methods.get_method(method).flops_rule == "prune" else {}))
             cell = {"train": train, "test": base["inference_flops_ratio"],
                     "paper_train": published[0], "paper_test": published[1]}
             cell["differs"] = [name for name in ("train", "test")
@@ -228,7 +231,7 @@ def paper_table(small_dense_match="params"):
     sizes = {"dense": {"ours": dense["dense_size_mb"], "readme": README_SIZES_MB["dense"]}}
     for distribution in ("uniform", "erk"):
         for sparsity in (0.8, 0.9):
-            size = cache[("sparse", distribution, sparsity)]["size_mb"]
+            size = cache[("masked", distribution, sparsity)]["size_mb"]
             sizes[f"{distribution}_{round(sparsity * 100)}"] = {
                 "ours": size, "readme": README_SIZES_MB[(distribution, sparsity)]}
     return {

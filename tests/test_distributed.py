@@ -18,6 +18,8 @@ import textwrap
 
 import pytest
 
+from rigl import methods
+
 RESULT_MARKER = "RESULT_JSON:"
 
 # Common prelude of every subprocess: two logical CPUs, then the strategy and a model builder.
@@ -107,7 +109,8 @@ FIT_SCRIPT = textwrap.dedent(
         "snip": lambda: rigl.SNIP(SPARSITY, "erk"),
         "prune": lambda: rigl.GradualPruning(SPARSITY, "erk", update_freq=10),
     }
-    DENSE_START = ("snip", "prune")
+    DENSE_START = [m for m in UPDATERS if m in rigl.methods.REGISTRY
+                   and rigl.methods.REGISTRY[m].dense_to_sparse]
 
 
     def run(method):
@@ -338,7 +341,7 @@ FIT_METHODS = [
     "rigl_list_data",
 ]
 # Dense-to-sparse baselines: they prune the all-ones masks to the ERK targets.
-DENSE_START_METHODS = ["snip", "prune"]
+DENSE_START_METHODS = [m for m in methods.METHODS if methods.REGISTRY[m].dense_to_sparse]
 ALL_FIT_METHODS = FIT_METHODS + DENSE_START_METHODS
 
 
