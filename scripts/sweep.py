@@ -14,10 +14,9 @@ stopped when started again with the same command. --jobs=N trains N runs at a ti
 Afterwards (or with --aggregate_only) every finished run's results.json is copied to
 `<results_dir>/runs/<run name>/` (default results_dir: results/<sweep name>) and table.md,
 table.csv and the plots are built from those copies. The sweep file format is
-documented in rigl/experiments/sweep.py.
+documented in rigl/experiments/sweep/grid.py.
 """
 
-import importlib.util
 import os
 import sys
 
@@ -46,24 +45,13 @@ EXTRA_BINDINGS = flags.DEFINE_multi_string("extra_bindings", [], "Gin bindings a
 flags.mark_flag_as_required("sweep")
 
 
-def _sweep_library():
-    """rigl/experiments/sweep.py, loaded without the rigl package: `import rigl` loads
-    TensorFlow (seconds of start-up) and this process never needs it, training runs in
-    subprocesses. The module imports only the standard library, numpy, gin and matplotlib."""
-    path = os.path.join(ROOT, "rigl", "experiments", "sweep.py")
-    spec = importlib.util.spec_from_file_location("rigl_experiments_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if AGGREGATE_ONLY.value and DRY_RUN.value:
         raise app.UsageError("--aggregate_only and --dry_run exclude each other.")
-    sweeps = _sweep_library()
+    from rigl.experiments import sweep as sweeps
+
     repo = os.path.abspath(ROOT)
     try:
         definition = sweeps.load_sweep(SWEEP.value)

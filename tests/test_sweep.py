@@ -1,4 +1,4 @@
-"""Sweeps: grid expansion, resumable running, aggregation, plots (rigl/experiments/sweep.py)."""
+"""Sweeps: grid expansion, resumable running, aggregation, plots (rigl/experiments/sweep/)."""
 
 import csv
 import glob
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+import rigl
 from rigl.experiments import sweep as sw
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "sweeps", "*.gin")))
@@ -449,6 +450,35 @@ def test_plots_are_written(tmp_path):
     rows = sw.aggregate(_records())
     assert _png(sw.plot_accuracy_vs_sparsity(rows, str(tmp_path / "sparsity.png")))
     assert _png(sw.plot_accuracy_vs_flops(rows, str(tmp_path / "flops.png")))
+
+
+def test_methods_axes_order_and_labels_come_from_the_registry(tmp_path):
+    """Every method of rigl.methods, listed here in reverse: the grid gives each the axes its
+    traits say, the table lists them in METHODS order under their registry labels."""
+    names = list(reversed(rigl.methods.METHODS))
+    sweep = sw.parse_sweep("sweep.name = 'all'\nsweep.methods = " + repr(names) + "\n"
+                           "sweep.sparsities = [0.9, 0.95]\n"
+                           "sweep.distributions = ['uniform', 'erk']\nsweep.seeds = [0, 1]")
+    runs = sweep.runs()
+    for name in names:
+        method = rigl.methods.REGISTRY[name]
+        cells = {r.cell for r in runs if r.method == name}
+        expected = (1 if not method.uses_sparsity else 2 if method.one_distribution else 4)
+        assert len(cells) == expected, name
+        assert len([r for r in runs if r.method == name]) == 2 * expected
+    records = [sw.record_from_results(_results(r.method, r.seed, 0.9, r.sparsity or 0.9,
+                                               r.distribution or "uniform"),
+                                      {"name": r.name, "cell": r.cell, "method": r.method,
+                                       "sparsity": r.sparsity, "distribution": r.distribution,
+                                       "multiplier": r.multiplier, "seed": r.seed, "tag": None})
+               for r in runs]
+    rows = sw.aggregate(records)
+    order = [row["method"] for row in rows]
+    assert sorted(set(order), key=order.index) == list(rigl.methods.METHODS)
+    table = [line for line in sw.table_markdown(rows, "all").splitlines()
+             if line.startswith("| ")][2:]  # after the header and the separator
+    assert [line.split(" | ")[0][2:] for line in table] == [
+        rigl.methods.REGISTRY[m].label for m in order]
 
 
 # ------------------------------------------------------------------------- connectivity
