@@ -1,4 +1,9 @@
-"""scripts/benchmark.py runs end to end on a tiny workload (seconds; no timing is asserted)."""
+"""The benchmark (rigl.experiments.benchmark, scripts/benchmark.py) runs end to end on a tiny
+workload (seconds; no timing is asserted).
+
+The peer test runs tfmot in the bench venv (``.venv-bench``, or the Python named by
+``RIGL_BENCH_PYTHON``) and is skipped without it.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,39 @@ import os
 import subprocess
 import sys
 
+import keras
 import pytest
-from conftest import script_module
+
+import rigl
+from rigl.experiments.benchmark import harness, report, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark.py")
+BENCH_PYTHON = os.environ.get("RIGL_BENCH_PYTHON",
+                              os.path.join(ROOT, ".venv-bench", "bin", "python"))
+PUBLISHED = os.path.join(ROOT, "results", "benchmark")
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    with script_module(SCRIPT, "benchmark_script") as module:
-        yield module
+def _run(*args, timeout=600):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="module")
 def tiny_report():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, SCRIPT, "--modes=overhead,peer", "--workloads=tiny", "--json",
-         "--bench_python=/nonexistent/python",
-         "--variants=dense,static,set,snfs,rigl,prune,dense_other_xla"],
-        capture_output=True, text=True, env=env, timeout=600, check=False)
+    done = _run("--modes=overhead,peer", "--workloads=tiny", "--json",
+                "--bench_python=/nonexistent/python",
+                "--variants=dense,static,set,snfs,rigl,prune,dense_other_xla")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+def test_variants_are_the_registry_methods_with_a_recurring_cost():
+    assert workloads.VARIANTS == ("dense", "static", "set", "snfs", "rigl", "prune")
+    for name in workloads.VARIANTS[1:]:
+        assert rigl.methods.get_method(name).masked, name
+    assert set(workloads.NOT_TIMED) <= set(rigl.METHODS)
 
 
 def test_tiny_overhead_run_reports_every_variant(tiny_report):
@@ -66,27 +81,38 @@ def test_peer_mode_without_bench_venv_is_skipped_with_instructions(tiny_report):
     assert "requirements-bench.txt" in tiny_report["peer"]["skipped"]
 
 
-def test_markdown_report(benchmark, tiny_report):
-    text = benchmark.markdown(tiny_report)
+def test_markdown_report(tiny_report):
+    text = report.markdown(tiny_report)
     assert "| rigl |" in text and "| dense | " in text
     assert "peer mode not run" in text
     assert tiny_report["machine"]["cores"] >= 1
     assert "Command: `python scripts/benchmark.py" in text.splitlines()[-1]
 
 
-def test_render_prints_the_markdown_of_a_json_report(benchmark, tiny_report, tmp_path):
+def test_render_prints_the_markdown_of_a_json_report(tiny_report, tmp_path):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(tiny_report))
-    done = subprocess.run([sys.executable, SCRIPT, f"--render={path}"], capture_output=True,
-                          text=True, timeout=600, check=False)
+    done = _run(f"--render={path}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == benchmark.markdown(tiny_report).strip()
-    missing = subprocess.run([sys.executable, SCRIPT, f"--render={tmp_path / 'none.json'}"],
-                             capture_output=True, text=True, timeout=600, check=False)
+    assert done.stdout.strip() == report.markdown(tiny_report).strip()
+    missing = _run(f"--render={tmp_path / 'none.json'}")
     assert missing.returncode != 0 and "--render: no such file" in missing.stderr
 
 
-def test_window_alignment_puts_one_update_inside(benchmark):
+def test_published_markdown_is_the_rendering_of_the_published_json():
+    """results/benchmark/benchmark.md is `--render` of benchmark.json, byte for byte."""
+    with open(os.path.join(PUBLISHED, "benchmark.json")) as f:
+        published = json.load(f)
+    with open(os.path.join(PUBLISHED, "benchmark.md")) as f:
+        assert f.read() == report.markdown(published) + "\n"
+
+
+def test_unknown_names_are_usage_errors_naming_the_flag():
+    done = _run("--variants=dense,snip")
+    assert done.returncode != 0 and "--variants: unknown 'snip'" in done.stderr
+
+
+def test_window_alignment_puts_one_update_inside():
     """run_window's arithmetic: for W < ΔT the window is moved onto an update step."""
     class FakeVariable:
         def __init__(self, value):
@@ -111,13 +137,12 @@ def test_window_alignment_puts_one_update_inside(benchmark):
                 callbacks[0].on_train_batch_begin(i)
             self.optimizer.iterations.value = start + steps_per_epoch
 
-    import keras
-
+    assert harness.period_steps(6, 100) == 100 and harness.period_steps(400, 100) == 400
     for start in (0, 7, 99, 100, 250):
         model = FakeModel(start)
-        runner = benchmark.Runner("x", model, [], update_freq=100)
-        benchmark.run_window(runner, None, keras, window=6, warmup=2, period=100,
-                             update_freq=100)
+        runner = harness.Runner("x", model, [], update_freq=100)
+        harness.run_window(runner, None, keras, window=6, warmup=2, period=100,
+                           update_freq=100)
         begin, _ = model.fitted[0]
         assert begin >= start
         timed = range(begin + 2, begin + 8)
@@ -126,14 +151,27 @@ def test_window_alignment_puts_one_update_inside(benchmark):
 
 
 def test_tiny_pipeline_run_reads_prepared_mnist(data_dir):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    done = subprocess.run(
-        [sys.executable, SCRIPT, "--modes=pipeline", "--json", f"--data_dir={data_dir}",
-         "--window_steps=3", "--rounds=1", "--warmup_steps=1", "--jit_compile=true"],
-        capture_output=True, text=True, env=env, timeout=600, check=False)
+    done = _run("--modes=pipeline", "--json", f"--data_dir={data_dir}", "--window_steps=3",
+                "--rounds=1", "--warmup_steps=1", "--jit_compile=true")
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
-    assert report["jit_compile"] == "true"
-    variants = report["pipeline"]["variants"]
+    result = json.loads(done.stdout)
+    assert result["jit_compile"] == "true"
+    variants = result["pipeline"]["variants"]
     assert list(variants) == ["in_memory", "tfds"]
     assert all(row["steps_per_s"] > 0 for row in variants.values())
+
+
+@pytest.mark.skipif(not os.path.exists(BENCH_PYTHON), reason=f"{BENCH_PYTHON} is missing")
+def test_tiny_peer_run_in_the_bench_venv():
+    done = _run("--modes=peer", "--workloads=tiny", "--json", f"--bench_python={BENCH_PYTHON}",
+                "--rounds=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    peer = json.loads(done.stdout)["peer"]
+    assert "results" in peer, peer.get("error") or peer.get("skipped")
+    (result,) = peer["results"]
+    assert result["workload"] == "tiny" and result["period_steps"] == 100
+    assert list(result["variants"]) == ["tf_keras_dense", "tfmot_prune"]
+    assert result["variants"]["tf_keras_dense"]["ratio"] == 1.0
+    assert result["variants"]["tfmot_prune"]["updates_per_window"] == [1]
+    assert set(result["versions"]) == {"tensorflow", "tf_keras", "tensorflow_model_optimization"}
+    assert "| tiny |" in report.markdown(json.loads(done.stdout))
