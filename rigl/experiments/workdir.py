@@ -400,7 +400,8 @@ def check_identity(workdir: str, bindings: Mapping[str, object], force: bool = F
     Raises:
         UsageError: the stored identity differs from ``bindings`` (and not ``force``); the
             message lists every differing binding as ``name: stored -> new`` and the two
-            ways out: another ``--workdir`` or ``FORCE_FLAG``.
+            ways out: another ``--workdir`` or ``FORCE_FLAG``. Also when the stored identity
+            cannot be read (with ``force`` it is then replaced as if absent).
     """
     try:
         stored = read_identity(workdir)
