@@ -3,8 +3,8 @@
 Every method is one subclass of ``Updater`` that supplies scores through two hooks,
 ``drop_scores`` and ``grow_scores`` (and, for the dense-to-sparse baselines, how many
 connections to drop and grow, ``counts``). The arithmetic is written once, in
-``drop_and_grow``, following "Rigging the Lottery" (Evci et al. 2020,
-https://arxiv.org/abs/1911.11134), Section 3:
+``rigl.selection.drop_and_grow`` (re-exported here and as ``rigl.drop_and_grow``), following
+"Rigging the Lottery" (Evci et al. 2020, https://arxiv.org/abs/1911.11134), Section 3:
 
 * at an update step t with drop fraction f(t), each layer drops
   ``n = floor(f(t) * n_active)`` of its active connections with the lowest drop score
@@ -21,6 +21,17 @@ Updates run in one ``tf.function`` traced once (binding again to the same model,
 distribution strategy: every replica's copy of a mask receives the same value, and random
 scores come from stateless ops seeded by (seed, layer name, step), so every worker draws the
 same numbers.
+
+This module holds the hooks (``LayerView``, ``drop_scores``, ``grow_scores``, ``counts``),
+binding to a model and optimizer, the compiled update and the method classes. The update
+reads and writes each sparse weight only through its ``rigl.storage.Storage``: it asks the
+storage for the tensors the hooks see and hands back the positions to keep and grow, so a
+layer that stores its connections differently plugs in there (``rigl/storage.py``), not here.
+
+Where a new updater plugs in: subclass ``Updater`` and override only ``grow_scores`` (and
+``drop_scores`` or ``counts`` if the method needs them; ``RigL`` is a few lines), setting
+``needs_gradients`` / ``needs_momentum`` when its scores read ``LayerView.gradient`` /
+``LayerView.momentum``; then add its row to ``rigl.methods``.
 """
 
 from __future__ import annotations
@@ -36,20 +47,24 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import distributions, optimizer_state
-from rigl.masking import masked_weights
 from rigl.schedules import DropFraction, UpdateSchedule, _check_int, polynomial_sparsity
 from rigl.seeds import stable_seed
+from rigl.selection import drop_and_grow, drop_and_grow_checked  # noqa: F401 (re-exported)
+from rigl.storage import Storage, StorageView, storages
 
 GROW_INITS = ("zeros", "random_normal", "initial_value")
 
 
 @dataclasses.dataclass
 class LayerView:
-    """What the score hooks see of one masked layer at an update (tensors, inside the graph).
+    """What the score hooks see of one sparse weight at an update (tensors, inside the graph).
+
+    The weights and mask come from the weight's storage (``rigl.storage.StorageView``); the
+    rest from the updater.
 
     Attributes:
-        index: position of the layer among the model's masked layers.
-        name: the layer's name.
+        index: position of the weight among the model's sparse weights.
+        name: the weight's name (the layer's, or ``"<gru>/kernel"``...).
         weights: the kernel (zero where the mask is zero).
         mask: the current mask (bool, kernel's shape).
         step: the update step (int64 scalar).
@@ -90,239 +105,6 @@ def floor_count(fraction, n):
         fraction = tf.constant(fraction, tf.float64)
     product = tf.cast(fraction, tf.float64) * tf.cast(n, tf.float64)
     return tf.cast(tf.floor(tf.round(product * 1e6) / 1e6), tf.int32)
-
-
-# ------------------------------------------------------------------------------ selection
-#
-# Every update selects, per layer, the k largest of n scores twice (what to keep, what to
-# grow), with ties to the lower index. A stable sort does that in O(n log n) on one core; the
-# radix selection below is the same function in a few linear passes: int32 keys that order
-# like the scores, a 2^16-bucket histogram of the keys' high halves to find the bucket of the
-# k-th largest key, a histogram of the low halves within that bucket to find the key itself
-# (the threshold T), then "key > T, or key == T and among the first ties by index". The
-# elementwise passes are compiled with XLA (fused into one pass each); the histograms and the
-# compaction stay ordinary TensorFlow ops, which XLA compiles badly on CPU (scatter) or not
-# at all (dynamic shapes). k is a tensor: nothing depends on its value at trace time.
-
-_RADIX_BITS = 16
-_RADIX_BINS = 1 << _RADIX_BITS
-# Scores of these types convert to float32 exactly and in order, so they use the radix
-# selection; any other type (float64) falls back to a stable sort.
-_RADIX_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
-# Below this many scores a sort is faster than the radix selection's fixed cost (two 2^16-bucket
-# histograms, ~0.5 ms on CPU); both compute the same function. Layers this small also skip XLA.
-_RADIX_MIN_SIZE = 1 << 13
-_SHORT_HISTOGRAM = 1 << 16
-_SMALLEST_NORMAL = 0x00800000  # bits of the smallest positive normal float32
-
-
-def _order_keys(scores):
-    """int32 keys ordered like the float32 ``scores`` as TensorFlow compares them.
-
-    IEEE floats are sign-magnitude, so the magnitude bits order non-negative floats and their
-    negation orders negative ones. Subnormals (and -0.0) become 0: TensorFlow's kernels run
-    with denormals flushed to zero, so the sort this replaces saw them all equal to zero.
-    """
-    bits = tf.bitcast(scores, tf.int32)
-    magnitude = tf.maximum(tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), _SMALLEST_NORMAL - 1)
-    magnitude -= _SMALLEST_NORMAL - 1
-    return tf.where(bits < 0, -magnitude, magnitude)
-
-
-_NEG_INF_KEY = -(0x7F800000 - (_SMALLEST_NORMAL - 1))  # _order_keys(-inf)
-
-
-_FLAT = tf.TensorSpec([None], tf.float32)
-_FLAT_BOOL = tf.TensorSpec([None], tf.bool)
-_FLAT_INT = tf.TensorSpec([None], tf.int32)
-_INT = tf.TensorSpec([], tf.int32)
-
-# The per-layer pieces are tf.functions of flat tensors of any length, traced once and
-# called for every layer: an update of ResNet-50 (54 layers, two selections each) would
-# otherwise build tens of thousands of graph ops. XLA still compiles each length it meets.
-
-
-@tf.function(jit_compile=True, input_signature=[_FLAT, _FLAT_BOOL])
-def _keys_of(scores, include):
-    """Keys of ``where(include, scores, -inf)``, their high halves as bucket numbers in
-    [0, 2^16), and whether every score (included or not) is finite."""
-    keys = tf.where(include, _order_keys(scores), _NEG_INF_KEY)
-    high = tf.bitwise.right_shift(keys, _RADIX_BITS) + _RADIX_BINS // 2
-    return keys, high, tf.reduce_all(tf.math.is_finite(scores))
-
-
-@tf.function(jit_compile=True, input_signature=[_FLAT_INT, _INT, _INT])
-def _keys_at_or_above(keys, threshold, last_tie):
-    """``keys > threshold``, or ``== threshold`` at flat index <= ``last_tie``."""
-    index = tf.range(tf.size(keys))
-    return (keys > threshold) | ((keys == threshold) & (index <= last_tie))
-
-
-# The helpers below hold no Python control flow on tensors: autograph would only slow their
-# tracing (an update traces them once per layer and selection).
-_plain = tf.autograph.experimental.do_not_convert
-
-
-@_plain
-def _histogram_bucket(histogram, k):
-    """The highest bucket b with at least ``k`` entries at or above it, and the number of
-    entries still to take from b (``k`` minus the entries above b).
-
-    Two levels of 256 buckets each, because a cumulative sum over all 2^16 buckets is a slow
-    serial scan on CPU.
-    """
-    rows = tf.reshape(histogram, [256, _RADIX_BINS // 256])
-    row_totals = tf.reduce_sum(rows, axis=1)
-    at_or_above = tf.cumsum(row_totals, reverse=True)
-    row = tf.maximum(tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1, 0)
-    counts = tf.gather(rows, row)
-    at_or_above = tf.cumsum(counts, reverse=True) + (
-        tf.gather(at_or_above, row) - tf.gather(row_totals, row))
-    column = tf.maximum(tf.reduce_sum(tf.cast(at_or_above >= k, tf.int32)) - 1, 0)
-    remaining = k - (tf.gather(at_or_above, column) - tf.gather(counts, column))
-    return row * (_RADIX_BINS // 256) + column, remaining, tf.gather(counts, column)
-
-
-@_plain
-def _histogram(values):
-    """Counts of each value of ``values`` in [0, 2^16).
-
-    DenseBincount (multithreaded) has a fixed cost of ~0.2 ms on CPU; a scatter-add
-    (unsorted_segment_sum) takes ~0.05-0.1 ms below 2^16 values but ~1 ms from 2^16 on,
-    where it switches to a parallel path: the first for long inputs, the second for short
-    ones (LeNet-300-100's second layer, 30,000 weights; the second pass, over one bucket).
-    DenseBincount gets a constant size: ``tf.math.bincount`` would also compute
-    ``max(values)``, one more pass.
-    """
-    return tf.cond(
-        tf.size(values) < _SHORT_HISTOGRAM,
-        lambda: tf.math.unsorted_segment_sum(tf.ones_like(values), values, _RADIX_BINS),
-        lambda: tf.raw_ops.DenseBincount(input=values, size=_RADIX_BINS,
-                                         weights=tf.zeros([0], tf.int32)))
-
-
-# Not inlined into the update's graph: 100 inlined copies (two per layer) would make graph
-# optimisation at the first update take seconds.
-@tf.function(input_signature=[_FLAT_INT, _FLAT_INT, _INT],
-             experimental_attributes={"_noinline": True})
-def _select(keys, high, k):
-    """Mask of the ``k`` largest ``keys`` (ties -> lower index), ``high`` their buckets."""
-    n = tf.size(keys)
-    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, n)
-    high_bucket, need, _ = _histogram_bucket(_histogram(high), k)
-    low = tf.bitwise.bitwise_and(tf.boolean_mask(keys, tf.equal(high, high_bucket)),
-                                 _RADIX_BINS - 1)
-    low_bucket, rest, ties = _histogram_bucket(_histogram(low), need)
-    threshold = (high_bucket - _RADIX_BINS // 2) * _RADIX_BINS + low_bucket
-    # Only when some but not all of the keys equal to T fit is the index of the last one
-    # taken needed (one more pass); k == 0 selects nothing.
-    last_tie = tf.cond(
-        rest >= ties,
-        lambda: n,
-        lambda: tf.cast(tf.gather(tf.where(tf.equal(keys, threshold))[:, 0],
-                                  tf.maximum(rest - 1, 0)), tf.int32))
-    threshold = tf.where(k > 0, threshold, tf.int32.max)
-    last_tie = tf.where(k > 0, last_tie, -1)
-    return _keys_at_or_above(keys, threshold, last_tie)
-
-
-@_plain
-def _top_k_mask_sorted(scores, k):
-    n = tf.size(scores)
-    order = tf.argsort(scores, direction="DESCENDING", stable=True)
-    ranks = tf.scatter_nd(order[:, None], tf.range(n), [n])
-    return ranks < k
-
-
-@_plain
-def _masked_top_k(scores, k, include):
-    """``top_k_mask(where(include, scores, -inf), k)`` and whether all scores are finite."""
-    size = scores.shape.num_elements()
-    if scores.dtype not in _RADIX_DTYPES or (size is not None and size < _RADIX_MIN_SIZE):
-        masked = tf.where(include, scores, tf.constant(-np.inf, scores.dtype))
-        return _top_k_mask_sorted(masked, k), tf.reduce_all(tf.math.is_finite(scores))
-    keys, high, finite = _keys_of(tf.cast(scores, tf.float32), include)
-    return _select(keys, high, tf.cast(k, tf.int32)), finite
-
-
-@_plain
-def top_k_mask(scores, k):
-    """Boolean mask of the ``k`` largest entries of flat ``scores``; ties -> lower index.
-
-    The same function as a stable descending sort cut after ``k`` entries, in linear time
-    (a radix selection, see above); ``k`` is an int32 tensor, clipped to [0, size].
-    """
-    return _masked_top_k(scores, k, tf.ones_like(scores, tf.bool))[0]
-
-
-@_plain
-def _drop_and_grow(active, drop_scores, grow_scores, n_drop, n_grow):
-    """``drop_and_grow`` on a boolean ``active`` mask; also returns whether the scores were
-    all finite."""
-    n_active = tf.reduce_sum(tf.cast(active, tf.int32))
-    kept, finite = _masked_top_k(drop_scores, n_active - n_drop, active)
-    if grow_scores is None:
-        return kept, finite
-    grown, grow_finite = _masked_top_k(grow_scores, n_grow, tf.logical_not(kept))
-    return tf.logical_or(kept, grown), tf.logical_and(finite, grow_finite)
-
-
-@_plain
-def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
-    """The one drop-and-grow routine every updater uses (flat tensors).
-
-    Keeps the ``n_active - n_drop`` active positions with the highest ``drop_scores``, then
-    grows ``n_grow`` positions with the highest ``grow_scores`` among those not kept. Ties
-    break by position (lower flat index first).
-
-    Args:
-        mask: flat boolean tensor (0/1 numbers work too: nonzero is active).
-        drop_scores: flat scores; higher means more worth keeping (only active ones count).
-        grow_scores: flat scores; higher means more worth growing, or None if n_grow is 0.
-        n_drop: int32 scalar, 0 <= n_drop <= n_active.
-        n_grow: int32 scalar, 0 <= n_grow <= size - (n_active - n_drop).
-
-    Returns:
-        The new flat boolean mask.
-    """
-    return _drop_and_grow(tf.cast(mask, tf.bool), drop_scores, grow_scores, n_drop, n_grow)[0]
-
-
-@_plain
-def _is_finite(tensor):
-    return tf.reduce_all(tf.math.is_finite(tensor))
-
-
-@_plain
-def _apply_update(new, ok, mask, weights, grown_values, slots):
-    """The new kernel, mask and optimizer slots of one layer, fused into one pass.
-
-    ``new`` is the selected mask, used only if ``ok`` (otherwise the mask stays); kept and
-    regrown connections keep their weight and slots, truly new ones (born) start at
-    ``grown_values`` (None: zero) with zeroed slots, dropped ones become zero.
-    """
-    active = tf.cast(mask, tf.bool)
-    new = tf.logical_and(new, ok) | tf.logical_and(active, tf.logical_not(ok))
-    born = tf.logical_and(new, tf.logical_not(active))
-    zeros = tf.zeros_like(weights)
-    weights = tf.where(new, weights, zeros)
-    if grown_values is not None:
-        weights = tf.where(born, tf.cast(grown_values, weights.dtype), weights)
-    else:
-        weights = tf.where(born, zeros, weights)
-    slots = [tf.where(born, tf.zeros_like(slot), slot) for slot in slots]
-    return weights, tf.cast(new, mask.dtype), slots, tf.reduce_sum(tf.cast(born, tf.int32))
-
-
-_is_finite_xla = tf.function(_is_finite, jit_compile=True, reduce_retracing=True)
-_apply_update_xla = tf.function(_apply_update, jit_compile=True, reduce_retracing=True)
-
-
-def _fused(function, compiled, tensor):
-    """``compiled`` (XLA) for large flat tensors, where fusing the passes pays; ``function``
-    inline for small ones, where compiling each new size would cost more than it saves."""
-    size = tensor.shape.num_elements()
-    return function if size is not None and size < _RADIX_MIN_SIZE else compiled
 
 
 class Updater(abc.ABC):
@@ -406,8 +188,8 @@ class Updater(abc.ABC):
             ValueError: naming ``model`` if it has no masked layer, ``optimizer`` if the
                 method needs slots it lacks.
         """
-        layers = masked_weights(model)
-        if not layers:
+        targets = storages(model)
+        if not targets:
             raise ValueError(
                 "model: has no masked layers; call rigl.sparsify(model, sparsity) first."
             )
@@ -418,28 +200,28 @@ class Updater(abc.ABC):
                 optimizer.build(model.trainable_variables)
         if total_steps is not None:
             self.schedule = self.schedule.resolve(total_steps)
-        self._on_bind(layers)
+        self._on_bind(targets)
         binding = self._binding_key()
         if (model is self._model and optimizer is self._optimizer
                 and binding == self._binding):
             return self
-        self._model, self._optimizer, self._targets = model, optimizer, layers
+        self._model, self._optimizer, self._targets = model, optimizer, targets
         self._strategy = strategy
         self._slots = [
-            optimizer_state.slots(optimizer, layer.masked_kernel) if optimizer else []
-            for layer in layers
+            optimizer_state.slots(optimizer, target.variable) if optimizer else []
+            for target in targets
         ]
         self._momenta = None
         if self.needs_momentum:
             if optimizer is None:
                 raise ValueError(f"optimizer: {type(self).__name__} needs the optimizer's "
                                  "momentum; compile the model or pass optimizer=.")
-            self._momenta = [optimizer_state.first_moment(optimizer, layer.masked_kernel)
-                             for layer in layers]
+            self._momenta = [optimizer_state.first_moment(optimizer, target.variable)
+                             for target in targets]
         self._initial_values = None
         if self.grow_init == "initial_value":
             with strategy.scope():
-                self._initial_values = [self._initial_draw(layer) for layer in layers]
+                self._initial_values = [self._initial_draw(target) for target in targets]
         self._update_fn = tf.function(self._update_graph)
         self._gradient_fns = {}
         self._binding = binding
@@ -451,18 +233,17 @@ class Updater(abc.ABC):
         return repr(sorted((name, value) for name, value in vars(self).items()
                            if not name.startswith("_") and name != "skipped_updates"))
 
-    def _on_bind(self, layers) -> None:  # noqa: B027 (optional hook, empty by default)
-        """Hook for subclasses that derive per-layer constants from the model."""
+    def _on_bind(self, targets: list[Storage]) -> None:  # noqa: B027 (optional, empty default)
+        """Hook for subclasses that derive per-layer constants from the model's targets."""
 
-    def _initial_draw(self, layer):
-        initializer = layer.initializer
+    def _initial_draw(self, target: Storage):
+        initializer = target.initializer
         config = initializer.get_config()
         if "seed" in config:
-            config["seed"] = stable_seed(self.seed, layer.name, "initial_value")
+            config["seed"] = stable_seed(self.seed, target.name, "initial_value")
         initializer = type(initializer).from_config(config)
-        kernel = layer.masked_kernel
-        return tf.Variable(initializer(kernel.shape, dtype=kernel.dtype), trainable=False,
-                           name=f"{layer.name}_initial_value")
+        return tf.Variable(initializer(target.shape, dtype=target.dtype), trainable=False,
+                           name=f"{target.name}_initial_value")
 
     def _require_bound(self):
         if self._model is None:
@@ -511,7 +292,7 @@ class Updater(abc.ABC):
 
     def _make_gradient_fn(self, loss_fn):
         model, strategy = self._model, self._strategy
-        kernels = [layer.masked_kernel for layer in self._targets]
+        kernels = [target.variable for target in self._targets]
         if loss_fn is None and getattr(model, "_compile_loss", None) is None:
             raise ValueError(
                 f"loss_fn: {type(self).__name__} needs a loss for its gradients; compile the "
@@ -578,40 +359,31 @@ class Updater(abc.ABC):
 
     def _update_graph(self, step, drop_fraction, gradients):
         flat = lambda t: None if t is None else tf.reshape(t, [-1])  # noqa: E731
+        stored: list[StorageView] = []
         views, new_masks, finite = [], [], []
-        for i, layer in enumerate(self._targets):
+        for i, storage in enumerate(self._targets):
+            state = storage.view()
             view = LayerView(
-                index=i, name=layer.name, step=step,
-                weights=tf.convert_to_tensor(layer.masked_kernel),
-                mask=tf.convert_to_tensor(layer.mask),
+                index=i, name=storage.name, step=step, weights=state.weights, mask=state.mask,
                 gradient=gradients[i] if gradients is not None else None,
                 momentum=(tf.convert_to_tensor(self._momenta[i])
                           if self._momenta is not None else None),
             )
             drop, grow = self.drop_scores(view), self.grow_scores(view)
             n_drop, n_grow = self.counts(view, drop_fraction)
-            new, scores_finite = _drop_and_grow(flat(view.mask), flat(drop), flat(grow),
-                                                n_drop, n_grow)
+            new, scores_finite = drop_and_grow_checked(flat(view.mask), flat(drop), flat(grow),
+                                                       n_drop, n_grow)
+            stored.append(state)
             views.append(view)
             new_masks.append(new)
-            weights = flat(view.weights)
-            finite += [scores_finite, _fused(_is_finite, _is_finite_xla, weights)(weights)]
+            finite += [scores_finite, state.finite]
+        # One NaN/Inf anywhere leaves every layer as it was: the storages get `ok` and select.
         ok = tf.reduce_all(tf.stack(finite))
         changed = []
-        for i, (layer, view, new) in enumerate(zip(self._targets, views, new_masks)):
-            # Computed unconditionally and selected with `ok`: assignments inside tf.cond
-            # branches are fragile on distributed variables, and this runs every ΔT steps.
-            slots = self._slots[i]
+        for i, (storage, state, view, new) in enumerate(
+                zip(self._targets, stored, views, new_masks)):
             grown_values = None if self.grow_init == "zeros" else self._grow_values(i, view)
-            weights, mask, slot_values, born = _fused(_apply_update, _apply_update_xla, new)(
-                new, ok, flat(view.mask), flat(view.weights), flat(grown_values),
-                [flat(tf.convert_to_tensor(slot)) for slot in slots])
-            shape = view.mask.shape
-            layer.masked_kernel.assign(tf.reshape(weights, shape))
-            layer.mask.assign(tf.reshape(mask, shape))
-            for slot, value in zip(slots, slot_values):
-                slot.assign(tf.reshape(value, shape))
-            changed.append(born)
+            changed.append(storage.apply(state, new, ok, grown_values, self._slots[i]))
         return tf.stack(changed), ok
 
     def _grow_values(self, i: int, view: LayerView) -> tf.Tensor:
@@ -715,14 +487,14 @@ class _DenseToSparse(Updater):
         self.erk_power_scale = erk_power_scale
 
     def _on_bind(self, layers):
-        shapes = {layer.name: tuple(layer.mask.shape) for layer in layers}
+        shapes = {layer.name: layer.shape for layer in layers}
         self.target_sparsities = distributions.layer_sparsities(
             shapes, self.sparsity, self.distribution, self.custom_sparsity,
             self.erk_power_scale)
         for layer in layers:
-            size = int(np.prod(layer.mask.shape))
+            size = int(np.prod(layer.shape))
             target = size - distributions.num_zeros(self.target_sparsities[layer.name], size)
-            active = int(np.count_nonzero(keras.ops.convert_to_numpy(layer.mask)))
+            active = layer.active_count()
             if active < target:
                 raise ValueError(
                     f"model: layer {layer.name!r} has {active} active connections, fewer than "

@@ -1,6 +1,7 @@
-"""The fast paths of the core compute what the simple ones did: the radix top-k selection is
-the stable sort's function, the compiled update never retraces, and the callback's host-side
-step count matches optimizer.iterations (no timing is asserted)."""
+"""The fast paths of the core compute what the simple ones did: the compiled update never
+retraces (nor do the selection's compiled pieces), the large-layer path keeps replicas equal,
+and the callback's host-side step count matches optimizer.iterations (no timing is asserted).
+That the radix selection is the stable sort's function is tested in tests/test_selection.py."""
 
 from __future__ import annotations
 
@@ -14,91 +15,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import rigl
-from rigl import updaters
-from rigl.distributions import num_zeros
-
-
-def sorted_top_k(scores, k):
-    """numpy reference: the k largest, ties to the lower index (TF's float semantics:
-    -0.0 == 0.0, subnormals flushed to zero)."""
-    scores = np.asarray(scores, np.float64)
-    tiny = np.finfo(np.float32).tiny
-    scores = np.where(np.abs(scores) < tiny, 0.0, scores)
-    chosen = np.zeros(scores.size, bool)
-    chosen[np.lexsort((np.arange(scores.size), -scores))[:k]] = True
-    return chosen
-
-
-SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 1e-39, 1.2e-38, -3.4e38,
-                    3.4e38, 1.0, -1.0, 0.5], np.float32)
-
-
-def random_scores(rng, n, kind):
-    if kind == "normal":
-        return rng.normal(size=n).astype(np.float32)
-    if kind == "ties":
-        return rng.integers(-3, 4, n).astype(np.float32)
-    if kind == "special":
-        return rng.choice(SPECIAL, n)
-    if kind == "wide":  # every exponent
-        return ((rng.random(n) * 2 - 1) * 10.0 ** rng.integers(-44, 38, n)).astype(np.float32)
-    raise AssertionError(kind)
-
-
-@pytest.fixture
-def radix_everywhere(monkeypatch):
-    """Small inputs use the sort; make them take the radix path too."""
-    monkeypatch.setattr(updaters, "_RADIX_MIN_SIZE", 0)
-
-
-@pytest.mark.parametrize("kind", ["normal", "ties", "special", "wide"])
-@pytest.mark.parametrize("n", [1, 2, 7, 300, 9000, 70_000])
-def test_radix_top_k_is_the_stable_sort(radix_everywhere, n, kind):
-    rng = np.random.default_rng(n)
-    for trial in range(4):
-        scores = random_scores(rng, n, kind)
-        if trial % 2:
-            scores[rng.random(n) < 0.5] = -np.inf  # as for inactive positions
-        for k in sorted({0, 1, n // 3, n - 1, n}):
-            if k < 0:
-                continue
-            got = updaters.top_k_mask(tf.constant(scores), tf.constant(k, tf.int32)).numpy()
-            np.testing.assert_array_equal(got, sorted_top_k(scores, k), err_msg=(n, kind, k))
-            stable = updaters._top_k_mask_sorted(tf.constant(scores), tf.constant(k)).numpy()
-            np.testing.assert_array_equal(got, stable)
-
-
-@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float64])
-def test_top_k_other_dtypes(radix_everywhere, dtype):
-    rng = np.random.default_rng(0)
-    scores = rng.integers(-50, 50, 5000).astype(np.float32) / 8  # exact in every dtype
-    for k in (0, 17, 2500, 5000):
-        got = updaters.top_k_mask(tf.constant(scores, dtype), tf.constant(k)).numpy()
-        np.testing.assert_array_equal(got, sorted_top_k(scores, k))
-
-
-@settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), density=st.floats(0.0, 1.0),
-       fraction=st.floats(0.0, 1.0), ties=st.booleans())
-def test_drop_and_grow_on_a_large_layer_matches_reference(seed, density, fraction, ties):
-    """drop_and_grow through the radix path, against the sort-based reference."""
-    rng = np.random.default_rng(seed)
-    n = 3 * updaters._RADIX_MIN_SIZE
-    mask = (rng.random(n) < density).astype(np.float32)
-    draw = (lambda: rng.integers(-2, 3, n)) if ties else (lambda: rng.normal(size=n))
-    weights, grads = draw().astype(np.float32) * mask, draw().astype(np.float32)
-    n_active = int(mask.sum())
-    k = num_zeros(fraction, n_active)
-    new = rigl.drop_and_grow(tf.constant(mask), tf.constant(np.abs(weights)),
-                             tf.constant(np.abs(grads)), tf.constant(k), tf.constant(k)).numpy()
-    kept = sorted_top_k(np.where(mask > 0, np.abs(weights), -np.inf), n_active - k)
-    grown = sorted_top_k(np.where(kept, -np.inf, np.abs(grads)), k)
-    np.testing.assert_array_equal(new, kept | grown)
-    assert new.sum() == n_active
+from rigl import selection
 
 
 def _large_model():
@@ -114,7 +33,6 @@ def test_rigl_update_does_not_retrace():
     updater = rigl.RigL(update_freq=10, end_step=1000).bind(model)
     rng = np.random.default_rng(0)
     nnz = {name: mask.sum() for name, mask in rigl.get_masks(model).items()}
-    pieces = (updaters._keys_of, updaters._keys_at_or_above, updaters._select)
     counts = None
     for i, step in enumerate((0, 10, 370, 500, 990)):  # drop fractions 0.3 ... ~0
         x = rng.normal(size=(16, 120)).astype(np.float32)
@@ -122,20 +40,21 @@ def test_rigl_update_does_not_retrace():
         result = updater.update(step, batch=(x, y))
         assert not result.skipped
         if i == 0:
-            counts = [piece.experimental_get_tracing_count() for piece in pieces]
+            counts = selection.compiled_traces()
         updater.bind(model)  # model.fit binds again at every call
-    assert updater._update_fn.experimental_get_tracing_count() == 1
-    assert [piece.experimental_get_tracing_count() for piece in pieces] == counts
+    assert updater.update_traces == 1
+    assert selection.compiled_traces() == counts
     assert {name: mask.sum() for name, mask in rigl.get_masks(model).items()} == nnz
-    traced = updater._update_fn
     updater.bind(model, total_steps=5000)  # end_step is set: nothing changes
-    assert updater._update_fn is traced
+    assert updater.update_traces == 1  # the traced function is kept (a new one would say 0)
     # A changed configuration gets a new function (its constants are in the graph).
     updater.seed = 1
     updater.bind(model)
-    assert updater._update_fn is not traced
+    assert updater.update_traces == 0
     updater.update(1000, batch=(x, y))
-    assert updater._update_fn.experimental_get_tracing_count() == 1
+    assert updater.update_traces == 1
+    updater.update(1000, batch=(x, y))
+    assert updater.update_traces == 1
 
 
 def test_fit_calls_share_one_traced_update():
@@ -151,7 +70,7 @@ def test_fit_calls_share_one_traced_update():
     for _ in range(3):
         model.fit(data, epochs=1, verbose=0, callbacks=[callback])
     assert [r.step for r in callback.history] == [0, 4, 8, 12, 16, 20]
-    assert updater._update_fn.experimental_get_tracing_count() == 1
+    assert updater.update_traces == 1
 
 
 @pytest.mark.parametrize("steps_per_execution", [1, 3])

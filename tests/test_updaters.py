@@ -1,4 +1,6 @@
-"""Tests for rigl.updaters: drop_and_grow and the Static/SET/SNFS/RigL/pruning/SNIP updaters."""
+"""Tests for rigl.updaters (the Static/SET/SNFS/RigL/pruning/SNIP updaters, drop_and_grow in
+the worked example) and rigl.storage (the seam through which they read and write masks).
+The selection itself (ties, the radix path) is tested in tests/test_selection.py."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from hypothesis import strategies as st
 
 import rigl
 from rigl.distributions import num_zeros
+from rigl.layers import MaskedWeight
 from rigl.optimizer_state import first_moment, slots
 from rigl.schedules import polynomial_sparsity
+from rigl.storage import MaskedStorage, storage_for, storages
 
 # The worked example of the issue.
 W = np.array([0.5, -0.1, 0, 0.3, -0.05, 0, 0.2, 0], np.float32)
@@ -144,23 +148,6 @@ def test_worked_example_through_rigl_updater(optimizer, fraction):
     assert result.drop_fraction == pytest.approx(fraction)
     assert result.skipped is False
     assert updater.skipped_updates == 0
-
-
-def test_drop_and_grow_ties_break_by_lower_index():
-    mask = tf.constant([1, 1, 1, 1, 0, 0, 0, 0], tf.float32)
-    equal = tf.ones(8)
-    kept = rigl.drop_and_grow(mask, equal, None, tf.constant(1), tf.constant(0))
-    np.testing.assert_array_equal(kept.numpy(), [1, 1, 1, 0, 0, 0, 0, 0])
-    grow = tf.constant([0, 0, 0, 0, 5, 5, 5, 5], tf.float32)
-    new = rigl.drop_and_grow(mask, equal, grow, tf.constant(2), tf.constant(2))
-    np.testing.assert_array_equal(new.numpy(), [1, 1, 0, 0, 1, 1, 0, 0])
-    # All grow scores equal: the lowest not-kept indices are grown (2 and 3 come back).
-    new = rigl.drop_and_grow(mask, equal, equal, tf.constant(2), tf.constant(2))
-    np.testing.assert_array_equal(new.numpy(), [1, 1, 1, 1, 0, 0, 0, 0])
-    # Reversed position of ties does not matter: still lower index first.
-    grow = tf.constant([0, 0, 0, 0, 0, 3, 3, 3], tf.float32)
-    new = rigl.drop_and_grow(mask, equal, grow, tf.constant(3), tf.constant(3))
-    np.testing.assert_array_equal(new.numpy(), [1, 0, 0, 0, 0, 1, 1, 1])
 
 
 def test_updater_ties_are_deterministic():
@@ -677,6 +664,41 @@ def test_snip_rejects_model_sparser_than_target():
         rigl.GradualPruning(sparsity=0.5, end_step=10).bind(model, built_optimizer(model, "sgd"))
     # Sparser target than the model is fine.
     rigl.SNIP(sparsity=0.95).bind(model, built_optimizer(model, "sgd"))
+
+
+def test_storage_for_masked_weights_and_unknown_targets():
+    model = rigl.sparsify(dense_mlp(), 0.5, seed=1)
+    found = storages(model)
+    assert [s.name for s in found] == [w.name for w in rigl.masked_weights(model)] == ["h", "o"]
+    for storage, layer in zip(found, rigl.masked_layers(model)):
+        assert isinstance(storage, MaskedStorage)
+        assert storage.variable is layer.masked_kernel
+        assert storage.shape == tuple(layer.mask.shape)
+        assert storage.active_count() == int(layer.mask.numpy().sum())
+    assert [s.active_count() for s in found] == [20 * 32 - 320, 32 * 3 - 48]
+    assert isinstance(storage_for(rigl.masked_weights(model)[0]), MaskedStorage)
+    assert isinstance(rigl.masked_weights(model)[0], MaskedWeight)
+    with pytest.raises(TypeError, match=r"^target\b"):
+        storage_for(model.layers[0])
+
+
+def test_masked_storage_apply_keeps_state_when_not_ok():
+    """apply with ok=False writes back the state it read: one NaN anywhere in an update leaves
+    every layer as it was."""
+    model = single_layer_model()
+    layer = model.get_layer("m")
+    set_state(layer, M, W)
+    (storage,) = storages(model)
+    view = storage.view()
+    assert bool(view.finite)
+    born = storage.apply(view, tf.constant(NEW_MASK > 0), tf.constant(False), None, [])
+    assert int(born) == 0
+    np.testing.assert_array_equal(flat(layer.mask), M)
+    np.testing.assert_array_equal(flat(layer.masked_kernel), W * M)
+    born = storage.apply(view, tf.constant(NEW_MASK > 0), tf.constant(True), None, [])
+    assert int(born) == 1
+    np.testing.assert_array_equal(flat(layer.mask), NEW_MASK)
+    np.testing.assert_array_equal(flat(layer.masked_kernel), NEW_W)
 
 
 def test_bind_rejects_model_without_masks():
