@@ -13,7 +13,7 @@ waits for all of them; when one fails it stops the others and exits with the fai
 worker's status (128 + N for a worker ended by signal N); Ctrl-C or SIGTERM stops them all.
 Worker 0 is the chief: it writes the run's files into --workdir; worker i > 0 writes its
 own into ``<workdir>/workers/worker_<i>/``. This is for testing and for trying a cluster
-configuration: N processes on one machine train no faster than one.
+configuration, not for speed: the workers share this machine's cores.
 
 On real machines, start the same ``scripts/train.py`` command on every machine, each with
 ``training.strategy='multi_worker'`` and a ``TF_CONFIG`` listing every worker's
@@ -23,10 +23,11 @@ of two machines::
     export TF_CONFIG='{"cluster": {"worker": ["host0:12345", "host1:12345"]},
                        "task": {"type": "worker", "index": 0}}'
 
-and on the second the same with ``"index": 1``. The ports must be reachable between the
-machines, every worker needs the dataset (``dataset.data_dir``), and --workdir should be
-storage that worker 0 and the reader of the results share (each worker writes checkpoints
-there, the chief into the workdir itself).
+and on the second the same with ``"index": 1``. Every worker must be started (the first
+ones wait for the rest), the ports must be reachable between the machines and every machine
+needs the dataset (``dataset.data_dir``). --workdir may be local to each machine or shared:
+worker 0 writes the run's files there, worker i > 0 its checkpoints and logs under
+``<workdir>/workers/worker_<i>/``; resuming needs each worker to find its own files again.
 
 The functions are importable (``free_ports``, ``tf_config``, ``sets_strategy``,
 ``worker_command``, ``launch``) for tests and for other launchers.
