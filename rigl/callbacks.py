@@ -1,4 +1,10 @@
-"""``SparseTraining``: the Keras callback that makes ``model.fit`` train sparse."""
+"""``SparseTraining``: the Keras callback that makes ``model.fit`` (or a custom loop) train sparse.
+
+The callback only decides *when* an updater runs and *which batch* its gradient is taken on;
+*what* an update does is the updater's (``rigl.updaters``), so a new updater needs nothing
+here. Batches come from ``data`` (a dataset, an iterable or a function) or, in a custom loop,
+from ``set_batch`` with ``data=SparseTraining.SET_BATCH``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,13 @@ import tensorflow as tf
 
 from rigl.masking import measured_sparsities
 from rigl.updaters import Updater, UpdateResult
+
+
+class _SetBatch:
+    """The ``data`` value meaning "batches come from ``set_batch``"."""
+
+    def __repr__(self):
+        return "SparseTraining.SET_BATCH"
 
 
 class SparseTraining(keras.callbacks.Callback):
@@ -29,18 +42,34 @@ class SparseTraining(keras.callbacks.Callback):
         >>> model.fit(train_ds, epochs=5,
         ...           callbacks=[rigl.SparseTraining(updater, data=train_ds)])
 
+    In a custom loop that drives the callback through a ``keras.callbacks.CallbackList``,
+    RigL's gradient is best taken on the batch of the step itself: construct the callback
+    with ``data=SparseTraining.SET_BATCH`` and hand it each step's batch before
+    ``on_train_batch_begin``:
+
+        >>> sparse = rigl.SparseTraining(updater, data=rigl.SparseTraining.SET_BATCH)
+        >>> callbacks = keras.callbacks.CallbackList([sparse], model=model)
+        >>> callbacks.on_train_begin()
+        >>> for step, batch in enumerate(batches):
+        ...     sparse.set_batch(batch)
+        ...     callbacks.on_train_batch_begin(step)
+        ...     train_step(batch)
+
     Args:
         updater: a ``rigl.Updater`` (Static, SET, SNFS, RigL, GradualPruning, SNIP).
         data: training batches ``(x, y[, sample_weight])`` for updaters that need a gradient
             (RigL, SNIP): a ``tf.data.Dataset`` (repeated and, under a strategy, distributed
-            here), any iterable of batches, or a function of no argument returning the batch
-            to use (a custom loop passes the batch of the current step this way).
+            here), any iterable of batches, a function of no argument returning the batch
+            to use, or ``SparseTraining.SET_BATCH``: the batch last given to ``set_batch``
+            (a custom loop's batch of the current step).
         loss_fn: ``loss_fn(y_true, y_pred)`` for those gradients; default: the compiled loss.
         log_dir: if given, TensorBoard summaries of every layer's sparsity, the drop
             fraction, the connections changed and the skipped updates are written there.
         total_steps: training length, for the default ``end_step`` (75% of training); by
             default taken from ``model.fit``'s epochs and steps per epoch.
     """
+
+    SET_BATCH = _SetBatch()
 
     def __init__(self, updater: Updater, data=None, loss_fn=None, log_dir: str | None = None,
                  total_steps: int | None = None):
@@ -60,6 +89,22 @@ class SparseTraining(keras.callbacks.Callback):
         self.history: list[UpdateResult] = []
         self._writer = None
         self._iterator = None
+        self._batch = None
+
+    def set_batch(self, batch) -> None:
+        """Hands over the training batch of the coming step (``data=SET_BATCH`` only).
+
+        Call it before ``on_train_batch_begin`` of that step; an update due there takes its
+        gradient on ``batch`` (as given to ``strategy.run``: a distributed batch under a
+        strategy). The callback keeps only the last batch.
+
+        Raises:
+            ValueError: if the callback was constructed with other ``data``.
+        """
+        if self.data is not self.SET_BATCH:
+            raise ValueError(f"data: set_batch needs data=SparseTraining.SET_BATCH; this "
+                             f"callback draws its batches from {type(self.data).__name__}.")
+        self._batch = batch
 
     def _fit_steps(self) -> int | None:
         params = self.params or {}
@@ -97,12 +142,20 @@ class SparseTraining(keras.callbacks.Callback):
 
     def _batches(self):
         data = self.data
+        if data is self.SET_BATCH:
+            return _Calls(self._given_batch)
         if callable(data) and not isinstance(data, tf.data.Dataset):
             return _Calls(data)
         if isinstance(data, tf.data.Dataset):
             strategy = self.model.distribute_strategy
             data = strategy.experimental_distribute_dataset(data.repeat())
         return iter(data)
+
+    def _given_batch(self):
+        if self._batch is None:
+            raise ValueError(f"data: {type(self.updater).__name__} needs the batch of the "
+                             "step; call set_batch(batch) before on_train_batch_begin.")
+        return self._batch
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self._step

@@ -209,3 +209,50 @@ def test_custom_loss_fn_is_used_for_gradients():
     model.fit(ds, epochs=6, verbose=0, shuffle=False, callbacks=[callback])
     assert seen  # traced at least once
     assert [r.step for r in callback.history] == [0, 25, 50]
+
+
+def test_custom_loop_hands_each_step_batch_with_set_batch():
+    """A custom loop (as the experiment loop) gives the callback the batch of the step; a
+    due update takes its gradient on exactly that batch."""
+    ds = dataset()
+    model = sparse_model(0.5)
+    seen = []
+
+    class RecordingRigL(rigl.RigL):
+        def update(self, step, batch=None, **kwargs):
+            seen.append((step, batch))
+            return super().update(step, batch=batch, **kwargs)
+
+    callback = rigl.SparseTraining(RecordingRigL(update_freq=5, end_step=1000),
+                                   data=rigl.SparseTraining.SET_BATCH)
+    callbacks = keras.callbacks.CallbackList([callback], model=model)
+    callbacks.on_train_begin()
+    given = {}
+    for step, (x, y) in enumerate(ds.repeat().take(12)):
+        given[step] = (x, y)
+        callback.set_batch((x, y))
+        callbacks.on_train_batch_begin(step)
+        model.train_on_batch(x, y)
+        callbacks.on_train_batch_end(step)
+    callbacks.on_train_end()
+    assert [step for step, _ in seen] == [0, 5, 10]
+    for step, batch in seen:
+        assert batch[0] is given[step][0] and batch[1] is given[step][1]
+    assert all(sum(r.changed.values()) > 0 for r in callback.history)
+
+
+def test_set_batch_needs_set_batch_data():
+    ds = dataset()
+    callback = rigl.SparseTraining(rigl.RigL(), data=ds)
+    with pytest.raises(ValueError, match=r"^data: set_batch needs"):
+        callback.set_batch(next(iter(ds)))
+
+
+def test_set_batch_data_without_a_batch_names_set_batch():
+    model = sparse_model(0.5)
+    callback = rigl.SparseTraining(rigl.RigL(update_freq=5), data=rigl.SparseTraining.SET_BATCH,
+                                   total_steps=20)
+    callbacks = keras.callbacks.CallbackList([callback], model=model)
+    callbacks.on_train_begin()
+    with pytest.raises(ValueError, match="set_batch"):
+        callbacks.on_train_batch_begin(0)

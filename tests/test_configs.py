@@ -1,6 +1,8 @@
 """Every gin config parses, dry-runs and smoke-trains (mock data, a few steps)."""
 
+import dataclasses
 import glob
+import inspect
 import json
 import os
 
@@ -11,6 +13,7 @@ import pytest
 from conftest import ROOT
 
 import rigl
+from rigl.experiments import config as run_config
 from rigl.experiments import models, training
 
 # Experiment configs; gin_configs/sweeps/ holds sweep grids (tests/test_sweep.py).
@@ -47,7 +50,7 @@ def test_experiment_config_dry_runs_and_smoke_trains(config, tmp_path, capsys):
     assert "| layer | kernel shape | sparsity | nonzeros |" in printed
     assert "steps:" in printed and "learning rate:" in printed
     results = _train([config], ["training.smoke=True"], workdir=tmp_path)
-    assert results["steps"] == training.SMOKE_STEPS
+    assert results["steps"] == run_config.SMOKE_STEPS
     assert np.isfinite(results["test_loss"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["measured_sparsity"] == pytest.approx(results["measured_sparsity"])
@@ -62,9 +65,26 @@ def test_method_config_composes_with_a_base(config, tmp_path):
     base = os.path.join("gin_configs", "mnist_lenet300.gin")
     results = _train([base, config], ["training.smoke=True"], workdir=tmp_path)
     assert results["method"] == method
-    dense = method in ("dense", "small_dense")
-    assert results["measured_sparsity"] == pytest.approx(0.0 if dense else 0.9, abs=1e-3) or (
-        method in ("prune",))  # gradual pruning has not started after 3 smoke steps
+    traits = rigl.methods.get_method(method)
+    expected = 0.9 if traits.masked else 0.0
+    assert results["measured_sparsity"] == pytest.approx(expected, abs=1e-3) or (
+        method == "prune")  # gradual pruning has not started after 3 smoke steps
+
+
+def test_training_bindings_become_one_validated_config():
+    """Every ``training.*`` parameter is a TrainConfig field; invalid settings are named
+    before anything is built."""
+    names = list(inspect.signature(training.train).parameters)
+    assert names == [field.name for field in dataclasses.fields(run_config.TrainConfig)]
+    for bindings, message in [
+        (["training.epochs=1", "training.train_steps=5"], "training.train_steps / training.epochs"),
+        (["training.method='dense'", "training.dense_layers=['fc1']"], "dense run has no masks"),
+        (["training.method='sett'"], "training.method: unknown method 'sett'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            _train([os.path.join("gin_configs", "mnist_lenet300.gin")], bindings, dry_run=True)
+    with pytest.raises(ValueError, match="workdir: required"):
+        _train([os.path.join("gin_configs", "mnist_lenet300.gin")])
 
 
 def test_prune_schedule_is_scoped_to_the_prune_method(capsys):

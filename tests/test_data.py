@@ -54,7 +54,7 @@ def test_imagenet_preprocess_shapes_and_determinism():
 def test_train_stream_resumes_where_it_stopped():
     """Skipping k steps gives exactly the batches an uninterrupted stream gives after k."""
     def stream(skip, ctx=None):
-        return data._train_stream(_records(), ctx, 4, skip, 3, data.mnist_preprocess, 50)
+        return data.train_stream(_records(), ctx, 4, skip, 3, data.mnist_preprocess, 50)
 
     full = _batches(stream(0), 30)  # 30 batches of 4 cross the 50-record epoch boundary
     resumed = _batches(stream(17), 13)
@@ -72,15 +72,15 @@ def test_batched_preprocessing_gives_the_per_example_stream(skip):
     """A seed-free elementwise preprocessing (MNIST's) runs once per batch: the same tensors
     as the per-example route, training and evaluation streams alike."""
     def stream(per_example):
-        return data._train_stream(_records(), None, 4, skip, 3, data.mnist_preprocess, 50,
-                                  per_example=per_example)
+        return data.train_stream(_records(), None, 4, skip, 3, data.mnist_preprocess, 50,
+                                 per_example=per_example)
 
     for (x1, y1), (x2, y2) in zip(_batches(stream(True), 20), _batches(stream(False), 20),
                                   strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
         assert x1.dtype == x2.dtype and y1.dtype == y2.dtype
-    evaluation = [_batches(data._eval_stream(_records(), None, 8, data.mnist_preprocess, p), 7)
+    evaluation = [_batches(data.eval_stream(_records(), None, 8, data.mnist_preprocess, p), 7)
                   for p in (True, False)]
     assert [x.shape for x, _ in evaluation[1]] == [x.shape for x, _ in evaluation[0]]
     for (x1, y1), (x2, y2) in zip(*evaluation, strict=True):
@@ -92,7 +92,7 @@ def test_byte_windows_are_shifted_bytes():
     text = tf.data.Dataset.from_tensor_slices([b"hello ", b"world!"])
     windows = list(data.byte_windows(text, 4).as_numpy_iterator())
     assert [bytes(w.astype(np.uint8)) for w in windows] == [b"hello", b" worl"]
-    x, y = data._shift(tf.constant(windows[0]), None)
+    x, y = data.shift_window(tf.constant(windows[0]), None)
     assert bytes(x.numpy().astype(np.uint8)) == b"hell" and bytes(
         y.numpy().astype(np.uint8)) == b"ello"
 

@@ -67,8 +67,8 @@ def _examples_per_pipeline_step(ctx, per_replica_batch: int) -> int:
     return per_replica_batch * ctx.num_replicas_in_sync // ctx.num_input_pipelines
 
 
-def _train_stream(records, ctx, per_replica_batch, skip_steps, seed, preprocess,
-                  shuffle_buffer, cache=False, per_example=True):
+def train_stream(records, ctx, per_replica_batch, skip_steps, seed, preprocess,
+                 shuffle_buffer, cache=False, per_example=True):
     """Shard, shuffle (seeded, reshuffled every epoch), repeat, skip, augment, batch.
 
     ``per_example``: ``preprocess(record, seed)`` runs on every example with its own seed
@@ -98,7 +98,9 @@ def _preprocess_batches(records, batch, preprocess, drop_remainder):
                        deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _eval_stream(records, ctx, per_replica_batch, preprocess, per_example=True):
+def eval_stream(records, ctx, per_replica_batch, preprocess, per_example=True):
+    """Shard and batch one pass over ``records`` (the last batch may be smaller), with
+    ``preprocess(record, None)`` per example or, without ``per_example``, per batch."""
     num, index = _pipelines(ctx)
     records = records.shard(num, index)
     if not per_example:
@@ -173,7 +175,7 @@ def _image_classification(name, builder, source, seed, preprocess, input_shape, 
     """A TFDS image dataset whose last ``validation_examples`` training examples are held out
     for validation (the original MNIST code trains on 55,000 and validates on 5,000).
     ``per_example``: whether ``preprocess`` needs to see examples one by one (see
-    ``_train_stream``)."""
+    ``train_stream``)."""
     total = _num_train_examples(builder, source)
     if isinstance(validation_examples, bool) or not isinstance(validation_examples, int) or (
             not 0 <= validation_examples < total):
@@ -184,16 +186,16 @@ def _image_classification(name, builder, source, seed, preprocess, input_shape, 
     validation_fn = None
     if validation_examples:
         def validation_fn(ctx, batch):
-            return _eval_stream(_records(builder, f"train[{keep}:]"), ctx, batch, preprocess,
-                                per_example)
+            return eval_stream(_records(builder, f"train[{keep}:]"), ctx, batch, preprocess,
+                               per_example)
     return DataSpec(
         name=name, task="classification", input_shape=input_shape, num_classes=10,
         num_train_examples=keep,
-        train_fn=lambda ctx, batch, skip: _train_stream(
+        train_fn=lambda ctx, batch, skip: train_stream(
             _records(builder, train_split), ctx, batch, skip, seed, preprocess, shuffle_buffer,
             cache=True, per_example=per_example),
-        eval_fn=lambda ctx, batch: _eval_stream(_records(builder, "test"), ctx, batch,
-                                                preprocess, per_example),
+        eval_fn=lambda ctx, batch: eval_stream(_records(builder, "test"), ctx, batch,
+                                               preprocess, per_example),
         validation_fn=validation_fn,
     )
 
@@ -261,9 +263,9 @@ def _imagenet(name, source, seed, image_size=224):
     return DataSpec(
         name=name, task="classification", input_shape=(image_size, image_size, 3),
         num_classes=1000, num_train_examples=_num_train_examples(builder, source),
-        train_fn=lambda ctx, batch, skip: _train_stream(
+        train_fn=lambda ctx, batch, skip: train_stream(
             records("train"), ctx, batch, skip, seed, preprocess, 10_000),
-        eval_fn=lambda ctx, batch: _eval_stream(records("validation"), ctx, batch, preprocess),
+        eval_fn=lambda ctx, batch: eval_stream(records("validation"), ctx, batch, preprocess),
     )
 
 
@@ -278,7 +280,8 @@ def byte_windows(chunks: tf.data.Dataset, seq_len: int) -> tf.data.Dataset:
     return ids.unbatch().batch(seq_len + 1, drop_remainder=True)
 
 
-def _shift(window, _seed):
+def shift_window(window, _seed):
+    """A window of ``seq_len + 1`` bytes as (inputs, targets): each byte predicts the next."""
     return window[:-1], window[1:]
 
 
@@ -290,9 +293,9 @@ def _language_model(name, chunks: dict[str, Callable[[], tf.data.Dataset]],
     return DataSpec(
         name=name, task="language_model", input_shape=(seq_len,), num_classes=BYTE_VOCAB,
         num_train_examples=train_bytes // (seq_len + 1),
-        train_fn=lambda ctx, batch, skip: _train_stream(
-            windows("train"), ctx, batch, skip, seed, _shift, 10_000),
-        eval_fn=lambda ctx, batch: _eval_stream(windows("test"), ctx, batch, _shift),
+        train_fn=lambda ctx, batch, skip: train_stream(
+            windows("train"), ctx, batch, skip, seed, shift_window, 10_000),
+        eval_fn=lambda ctx, batch: eval_stream(windows("test"), ctx, batch, shift_window),
     )
 
 

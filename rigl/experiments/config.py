@@ -1,0 +1,192 @@
+"""What configures a run: its gin names, and ``TrainConfig``, the validated settings of one run.
+
+Gin names (bind them in ``gin_configs/`` or with ``--gin_bindings``):
+
+* ``training.*``: the parameters of ``rigl.experiments.training.train`` (dataset, model,
+  method, sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale,
+  train_steps / epochs, multiplier, batch_size, eval_batch_size, eval_every_steps,
+  checkpoint_every_steps, log_every_steps, seed, strategy, label_smoothing,
+  mask_snapshot_steps, deterministic, smoke, verbose); ``train`` turns them into a
+  ``TrainConfig``;
+* ``updater.*`` (``make_updater``): update_freq, begin_step, end_step, drop_fraction,
+  drop_fraction_decay, decay_power, grow_init, initial_sparsity (gradual pruning); a binding
+  scoped by the method's name (``prune/updater.update_freq = 1000``) applies to that method
+  only;
+* ``optimizer.*``, ``learning_rate.*`` (``rigl.experiments.optim``), ``dataset.*`` (data_dir,
+  download, validation_examples, image_size, seq_len, wikitext_dir), ``model.*`` (width,
+  weight_decay, ...), ``strategy.*`` (devices, logical_cpus, tpu_address): the factories of
+  the other experiment modules, made configurable here.
+
+Where a new setting plugs in: a ``training.*`` setting is a parameter of ``training.train``
+(the gin signature holds its default) and a field of ``TrainConfig`` of the same name
+(documented and validated here); a dataset, model, optimizer, schedule or strategy option is
+a keyword argument of its factory, which gin then knows under that factory's name. Traits of
+a method (masked, dense-to-sparse, FLOPs rule) come from ``rigl.methods``, never from lists
+of names here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import gin
+
+import rigl
+from rigl.experiments import data, models, optim, strategies
+
+# A smoke run (``training.smoke``): a few steps on ``tfds.testing.mock_data`` with small
+# batches (and small ImageNet images), to check a config end to end without its data.
+SMOKE_STEPS, SMOKE_BATCH, SMOKE_EXAMPLES, SMOKE_IMAGE_SIZE = 3, 8, 16, 64
+
+get_dataset = gin.external_configurable(data.get_dataset, "dataset",
+                                        denylist=["name", "seed", "mock"])
+build_model = gin.external_configurable(models.build_model, "model",
+                                        denylist=["name", "input_shape", "num_classes"])
+make_optimizer = gin.external_configurable(optim.make_optimizer, "optimizer",
+                                           denylist=["learning_rate"])
+make_schedule = gin.external_configurable(
+    optim.make_schedule, "learning_rate",
+    denylist=["total_steps", "steps_per_epoch", "global_batch_size", "multiplier"])
+make_strategy = gin.external_configurable(strategies.make_strategy, "strategy",
+                                          denylist=["name"])
+
+
+@gin.configurable("updater")
+def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale, seed,
+                 multiplier=1.0, update_freq=100, begin_step=0, end_step=None,
+                 drop_fraction=0.3, drop_fraction_decay="cosine", decay_power=1.0,
+                 grow_init="zeros", initial_sparsity=0.0):
+    """The updater of ``method`` (None without masks); its step anchors scale with
+    ``multiplier``. Every ``updater.*`` binding goes to ``rigl.get_updater``, which keeps
+    those the method takes."""
+    if rigl.methods.get_method(method, "training.method").updater is None:
+        return None
+    scale = lambda s: None if s is None else round(s * multiplier)  # noqa: E731
+    return rigl.get_updater(
+        method, ignore_unused=True, sparsity=sparsity, distribution=distribution,
+        custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale,
+        initial_sparsity=initial_sparsity, update_freq=update_freq,
+        begin_step=scale(begin_step), end_step=scale(end_step), drop_fraction=drop_fraction,
+        drop_fraction_decay=drop_fraction_decay, decay_power=decay_power,
+        grow_init=grow_init, seed=seed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The settings of one run (the ``training.*`` bindings), validated at construction.
+
+    ``training.train`` builds it from its gin-configured arguments; its signature holds the
+    defaults, so every field is required here. Values are kept as given (a list stays a
+    list): the run reads them, never changes them.
+
+    Attributes:
+        workdir: output folder (checkpoints, logs, model, results); None only for a dry run.
+        dataset, model: names from ``rigl.experiments.data.DATASETS`` / ``models.MODELS``.
+        method: a name of ``rigl.methods.METHODS``: dense, static, snip, set, snfs, rigl,
+            prune, and small_dense (a dense model narrowed to the sparse model's parameter
+            count).
+        sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale: the sparsity
+            (see ``rigl.sparsify``); a dense run rejects a custom map or dense layers.
+        train_steps, epochs: training length (exactly one of them), before ``multiplier``.
+        multiplier: the paper's "Mx" runs: steps, LR anchors and update steps scale by it.
+        batch_size, eval_batch_size: global batch sizes.
+        eval_every_steps: evaluate on the test set (and the validation examples, if the
+            dataset holds some out) every so many steps and at the end; results.json
+            reports the final and the best scores.
+        checkpoint_every_steps, log_every_steps: checkpoint and summary periods.
+        seed: seed of weights, masks, data order and augmentation.
+        strategy: "default", "mirrored", "multi_worker" or "tpu" (options: ``strategy.*``).
+        label_smoothing: label smoothing of the training loss (evaluation loss has none).
+        mask_snapshot_steps: steps after which every mask is saved to
+            ``mask_snapshots/step_<N>.npz`` (0: the initial masks).
+        deterministic: enable TF op determinism (bit-identical reruns on CPU).
+        smoke: train ``SMOKE_STEPS`` steps on ``tfds.testing.mock_data`` with small batches
+            (and 64×64 ImageNet images) to check a config end to end without its data.
+        dry_run: build model, masks and schedule, print them and return without training
+            or writing anything.
+        verbose: 1 progress bar, 2 one line per log period, 0 silent; None: 1 on a
+            terminal, else 2 (see ``progress_verbosity``).
+    """
+
+    workdir: str | None
+    dataset: str
+    model: str
+    method: str
+    sparsity: float
+    distribution: str
+    custom_sparsity: dict | None
+    dense_layers: tuple | list
+    erk_power_scale: float
+    train_steps: int | None
+    epochs: float | None
+    multiplier: float
+    batch_size: int
+    eval_batch_size: int
+    eval_every_steps: int | None
+    checkpoint_every_steps: int
+    log_every_steps: int
+    seed: int
+    strategy: str
+    label_smoothing: float
+    mask_snapshot_steps: tuple | list
+    deterministic: bool
+    smoke: bool
+    dry_run: bool
+    verbose: int | None
+
+    def __post_init__(self):
+        traits = rigl.methods.get_method(self.method, "training.method")
+        if (self.train_steps is None) == (self.epochs is None):
+            raise ValueError("training.train_steps / training.epochs: set exactly one of them.")
+        if not traits.masked and (self.custom_sparsity or self.dense_layers):
+            raise ValueError("training.custom_sparsity / dense_layers: a dense run has no masks.")
+        if self.workdir is None and not self.dry_run:
+            raise ValueError("workdir: required unless dry_run.")
+
+    @property
+    def method_traits(self) -> rigl.methods.Method:
+        """The registry row of ``method`` (masked, dense-to-sparse, FLOPs rule, ...)."""
+        return rigl.methods.get_method(self.method, "training.method")
+
+    @property
+    def narrows_model(self) -> bool:
+        """Whether the model is a dense one narrowed to the sparse model's parameter count
+        (Small-Dense): a method without masks whose runs still differ by sparsity."""
+        traits = self.method_traits
+        return not traits.masked and traits.uses_sparsity
+
+    @property
+    def progress_verbosity(self) -> int:
+        """``verbose``, with None resolved: a progress bar on a terminal, else lines."""
+        if self.verbose is None:
+            return 1 if sys.stdout.isatty() else 2
+        return self.verbose
+
+    @property
+    def mock_data(self) -> bool:
+        """Whether the data is mock: smoke runs train on it; dry runs read no data (the mock
+        path only needs the known training-set size)."""
+        return self.smoke or self.dry_run
+
+    @property
+    def dataset_options(self) -> dict:
+        """Options given to ``get_dataset`` beyond the ``dataset.*`` bindings."""
+        return {"image_size": SMOKE_IMAGE_SIZE} if (
+            self.smoke and self.dataset == "imagenet2012") else {}
+
+    def smoke_variant(self) -> TrainConfig:
+        """The settings a smoke run trains with: ``SMOKE_STEPS`` steps of ``SMOKE_BATCH``
+        examples, checkpointed at the end, logged every step, evaluated only at the end."""
+        return dataclasses.replace(
+            self, batch_size=SMOKE_BATCH, eval_batch_size=SMOKE_BATCH, train_steps=SMOKE_STEPS,
+            epochs=None, multiplier=1.0, checkpoint_every_steps=SMOKE_STEPS, log_every_steps=1,
+            eval_every_steps=None)
+
+    def steps(self, num_train_examples: int) -> tuple[int, int]:
+        """``(steps_per_epoch, total_steps)`` for a training set of that many examples:
+        whole batches per epoch, and the run's length with ``multiplier`` applied."""
+        steps_per_epoch = max(1, num_train_examples // self.batch_size)
+        base_steps = (self.train_steps if self.train_steps is not None
+                      else self.epochs * steps_per_epoch)
+        return steps_per_epoch, int(round(base_steps * self.multiplier))

@@ -1,0 +1,350 @@
+"""What a run reports: logs, summaries, snapshots and the results file, apart from the loop.
+
+``RunReport`` is everything a run writes besides its checkpoints, fed by the training loop
+(``rigl.experiments.training``) at fixed points: the step log (TensorBoard ``logs/train``:
+loss, accuracy, learning rate; the progress bar), the FLOPs log of dense-to-sparse methods
+(``flops_log.json``), mask snapshots (``mask_snapshots/step_<N>.npz``), the evaluations
+(``logs/eval`` and ``eval_log.json``), and at the end ``model.keras`` and ``results.json``
+(the paper's columns: sparsity, FLOPs, the MLP's units kept, best scores). ``describe`` is
+what a dry run prints instead.
+
+Where a new output plugs in: a new column of ``results.json`` is a key of ``run_results``
+(or of the helper it calls, e.g. ``flops_results``); a new per-step output is written in
+``RunReport.step_done``, a new per-evaluation one in ``RunReport.evaluated``, a file kept in
+step with the checkpoints in ``RunReport.checkpointed``. The loop itself does not change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+import rigl
+from rigl.experiments.config import TrainConfig
+
+
+def write_json(path: str, payload) -> None:
+    """Writes ``payload`` to ``path`` atomically (a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class StepLog:
+    """(step, value) entries persisted as JSON beside the checkpoints; a resumed run keeps
+    those up to the step it resumes from."""
+
+    def __init__(self, path: str, start_step: int):
+        self.path, self.entries = path, []
+        if start_step and os.path.exists(path):
+            with open(path) as f:
+                self.entries = [tuple(e) for e in json.load(f) if e[0] <= start_step]
+
+    def add(self, step: int, value) -> None:
+        self.entries.append((step, value))
+
+    def save(self) -> None:
+        write_json(self.path, self.entries)
+
+
+class FlopsLog(StepLog):
+    """Inference FLOPs of the masks in use, from which step, over a run (resumes with it).
+
+    Drop-and-grow keeps every layer's nonzero count, hence its FLOPs; only dense-to-sparse
+    methods (pruning, SNIP) change them, so only their updates are measured again.
+    """
+
+    def __init__(self, path: str, net, start_step: int, tracks_updates: bool):
+        super().__init__(path, start_step if tracks_updates else 0)
+        self.net, self.tracks_updates = net, tracks_updates
+        if not self.entries:
+            self.add(start_step, self.measure())
+        self._seen = 0
+
+    def measure(self) -> float:
+        return rigl.flops.inference_flops(self.net) if rigl.masked_layers(self.net) else (
+            rigl.flops.dense_inference_flops(self.net))
+
+    def after_step(self, step: int, history) -> None:
+        """Measures again if the updater ran since the last call (``history``: its results)."""
+        if self.tracks_updates and len(history) > self._seen:
+            self._seen = len(history)
+            # The update ran before this step's gradient step: its masks served from step-1.
+            self.add(step - 1, self.measure())
+
+    def average(self, end_step: int) -> float:
+        """Step-weighted mean of the inference FLOPs from the first entry to ``end_step``."""
+        entries = sorted(self.entries, key=lambda entry: entry[0])  # stable: same-step order
+        total = sum(max(0, (entries[i + 1][0] if i + 1 < len(entries) else end_step) - s) * f
+                    for i, (s, f) in enumerate(entries))
+        span = end_step - entries[0][0]
+        return total / span if span > 0 else entries[-1][1]
+
+
+def mlp_units(net) -> list[int] | None:
+    """For a multilayer perceptron (every layer with a kernel is a Dense layer and each
+    kernel's inputs are the previous one's outputs), the units that keep at least one
+    connection, the paper's "final architecture": [input features with an outgoing
+    connection, hidden units with both an incoming and an outgoing connection, ..., output
+    units with an incoming connection]. Masked layers count their mask, dense ones every
+    weight. None for any other model."""
+    kernels = []
+    for layer in rigl.masking.walk_layers(net):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        if not isinstance(layer, keras.layers.Dense) or len(kernel.shape) != 2:
+            return None
+        mask = getattr(layer, "mask", None)
+        kernels.append(keras.ops.convert_to_numpy(mask) != 0 if mask is not None
+                       else np.ones(kernel.shape, bool))
+    if not kernels or any(a.shape[1] != b.shape[0] for a, b in zip(kernels, kernels[1:])):
+        return None
+    units = [int(kernels[0].any(axis=1).sum())]
+    for incoming, outgoing in zip(kernels, kernels[1:]):
+        units.append(int((incoming.any(axis=0) & outgoing.any(axis=1)).sum()))
+    units.append(int(kernels[-1].any(axis=0).sum()))
+    return units
+
+
+def best_metrics(history) -> dict:
+    """Best test score over the evaluations of a run, and the test score where validation
+    was best (the original MNIST code's model selection).
+
+    Args:
+        history: ``(step, metrics)`` pairs in order, as in ``eval_log.json``; accuracy is
+            maximised, bits per character minimised.
+    """
+    key, better = (("test_accuracy", max) if "test_accuracy" in history[-1][1]
+                   else ("test_bits_per_char", min))
+    step, best = better(history, key=lambda entry: entry[1][key])
+    results = {f"best_{key}": best[key], "best_step": step}
+    validation_key = key.replace("test", "validation")
+    if validation_key in history[-1][1]:
+        _, at_best = better(history, key=lambda entry: entry[1][validation_key])
+        results[f"{key}_at_best_validation"] = at_best[key]
+    return results
+
+
+def flops_results(net, method: rigl.methods.Method, flops_log: FlopsLog, steps: int,
+                  multiplier: float, update_freq: int | None, dense_flops: float) -> dict:
+    """The paper's FLOPs columns for this run (see rigl.flops for the counting rules).
+
+    ``dense_flops`` is the dense forward FLOPs the ratios are relative to: the model's own,
+    or for Small-Dense the full-width model's. ``update_freq``: the updater's ΔT (the RigL
+    rule counts its dense-gradient steps), None without an updater.
+    """
+    inference = flops_log.measure()
+    average = flops_log.average(steps)
+    if method.dense_to_sparse:
+        # Its FLOPs change during training and were measured as they did: a step costs
+        # 3·mean f(s_t) over the run (the "sparse" rule on the measured mean), not the
+        # "prune" rule's estimate of that mean from the schedule.
+        per_step = 3.0 * float(average)
+    else:
+        kwargs = {"update_freq": update_freq} if update_freq is not None else {}
+        per_step = rigl.flops.train_flops_per_step(method.name, dense_flops, average, **kwargs)
+    return {"inference_flops": inference, "dense_inference_flops": dense_flops,
+            "inference_flops_ratio": inference / dense_flops,
+            "train_flops_ratio": per_step * multiplier / (3.0 * dense_flops),
+            "size_mb": rigl.flops.model_size_mb(net)}
+
+
+def save_masks(out_dir: str, step: int, net) -> None:
+    """Masks at ``step`` (after that many optimizer steps) as ``mask_snapshots/step_N.npz``."""
+    folder = os.path.join(out_dir, "mask_snapshots")
+    os.makedirs(folder, exist_ok=True)
+    np.savez_compressed(os.path.join(folder, f"step_{step}.npz"), **rigl.get_masks(net))
+
+
+def write_scalars(writer, step: int, metrics: dict) -> None:
+    """Every metric as a TensorBoard scalar at ``step``, flushed."""
+    with writer.as_default(step=step):
+        for name, value in metrics.items():
+            tf.summary.scalar(name, value)
+    writer.flush()
+
+
+def run_results(config: TrainConfig, net, *, steps: int, metrics: dict, eval_history, flops: dict,
+                train_seconds: float, num_replicas: int, skipped_updates: int) -> dict:
+    """The contents of ``results.json``: the run's settings, sparsity, FLOPs and scores.
+
+    Args:
+        config: the run's ``TrainConfig``.
+        net: the trained model.
+        steps: optimizer steps trained.
+        metrics: the final evaluation.
+        eval_history: every evaluation, ``(step, metrics)`` in order (the final one last).
+        flops: the FLOPs columns (``flops_results``).
+        train_seconds: training time over every session of the run.
+        num_replicas: replicas the run trained on.
+        skipped_updates: mask updates skipped for non-finite values.
+    """
+    masked = config.method_traits.masked
+    return {
+        "dataset": config.dataset, "model": config.model, "method": config.method,
+        "distribution": config.distribution if masked else None,
+        "sparsity": config.sparsity if masked else 0.0,
+        "measured_sparsity": rigl.total_sparsity(net) if rigl.masked_layers(net) else 0.0,
+        "layer_sparsity": rigl.measured_sparsities(net),
+        "mlp_units": mlp_units(net),
+        "steps": steps, "multiplier": config.multiplier, "batch_size": config.batch_size,
+        "train_seconds": train_seconds, "seed": config.seed, "strategy": config.strategy,
+        "num_replicas": num_replicas,
+        "skipped_mask_updates": skipped_updates,
+        "replica_mask_mismatches": rigl.masking.replica_mismatches(net),
+        "gin_config": gin.operative_config_str(),
+        **flops,
+        **metrics,
+        **best_metrics(eval_history),
+    }
+
+
+def summary_line(results: dict, workdir: str) -> str:
+    """The one line a finished run prints: its score, sparsity, length and time."""
+    metric = ("test_accuracy", "test accuracy") if "test_accuracy" in results else (
+        "test_bits_per_char", "test bits/char")
+    return (f"{results['method']} {results['model']} on {results['dataset']}: {metric[1]} "
+            f"{results[metric[0]]:.4f}, sparsity {results['measured_sparsity']:.4f} (target "
+            f"{results['sparsity']}), {results['steps']} steps, "
+            f"{results['train_seconds']:.1f}s train -> {workdir}")
+
+
+class RunReport:
+    """Everything a training run writes besides its checkpoints, in ``out_dir``.
+
+    The loop calls ``begin`` before its first step, ``step_done`` after every step,
+    ``checkpointed`` after every checkpoint, ``evaluated`` after every evaluation (the final
+    one included) and ``finish`` at the end.
+
+    Args:
+        config: the run's ``TrainConfig`` (periods, snapshot steps, verbosity, method).
+        out_dir: this process's output folder.
+        net, optimizer: the model and optimizer being trained.
+        start_step: the step training starts (or resumes) from.
+        total_steps: the run's length.
+        examples_per_step: predictions per step (the accuracy's denominator).
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: str, net, optimizer, *, start_step: int,
+                 total_steps: int, examples_per_step: int):
+        self.config, self.out_dir, self.net, self.optimizer = config, out_dir, net, optimizer
+        self.total_steps, self.examples_per_step = total_steps, examples_per_step
+        self.train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "train"))
+        self.eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "eval"))
+        self.progbar = keras.utils.Progbar(total_steps, verbose=config.progress_verbosity,
+                                           unit_name="step")
+        self.flops_log = FlopsLog(os.path.join(out_dir, "flops_log.json"), net, start_step,
+                                  tracks_updates=config.method_traits.dense_to_sparse)
+        self.eval_log = StepLog(os.path.join(out_dir, "eval_log.json"), start_step)
+        self.snapshot_steps = set(config.mask_snapshot_steps)
+        self.start_step = start_step
+
+    def begin(self) -> None:
+        """Before the first step (and before the updater binds): the initial masks."""
+        if self.start_step == 0 and 0 in self.snapshot_steps:
+            save_masks(self.out_dir, 0, self.net)
+
+    def step_done(self, step: int, loss, correct, update_history=()) -> None:
+        """After optimizer step ``step`` (1-based): the step log every ``log_every_steps``
+        and at the end (``loss``/``correct`` are read from the device only then), the FLOPs
+        log after a mask update (``update_history``: the callback's results so far), and
+        the mask snapshot if one is due."""
+        if step % self.config.log_every_steps == 0 or step == self.total_steps:
+            loss, accuracy = float(loss), float(correct) / self.examples_per_step
+            lr = float(self.optimizer.learning_rate)
+            with self.train_writer.as_default(step=step):
+                tf.summary.scalar("loss", loss)
+                tf.summary.scalar("accuracy", accuracy)
+                tf.summary.scalar("learning_rate", lr)
+            self.progbar.update(step, [("loss", loss), ("accuracy", accuracy), ("lr", lr)])
+        self.flops_log.after_step(step, update_history)
+        if step in self.snapshot_steps:
+            save_masks(self.out_dir, step, self.net)
+
+    def checkpointed(self) -> None:
+        """After a checkpoint: the step logs a resumed run reads back, saved with it."""
+        if self.flops_log.tracks_updates:
+            self.flops_log.save()
+        self.eval_log.save()
+
+    def evaluated(self, step: int, metrics: dict) -> None:
+        """After an evaluation at ``step``: its TensorBoard scalars and eval-log entry (the
+        final evaluation is logged once even if it falls on a periodic one's step)."""
+        write_scalars(self.eval_writer, step, metrics)
+        if not self.eval_log.entries or self.eval_log.entries[-1][0] != step:
+            self.eval_log.add(step, metrics)
+
+    def finish(self, *, steps: int, metrics: dict, dense_flops: float, train_seconds: float,
+               updater, num_replicas: int, chief: bool, workdir: str) -> dict:
+        """At the end: ``eval_log.json``, ``model.keras``, and on the chief ``results.json``
+        and the summary line; returns the results."""
+        self.eval_log.save()
+        self.net.save(os.path.join(self.out_dir, "model.keras"))
+        config = self.config
+        flops = flops_results(
+            self.net, config.method_traits, self.flops_log, steps, config.multiplier,
+            updater.schedule.update_freq if updater is not None else None, dense_flops)
+        results = run_results(
+            config, self.net, steps=steps, metrics=metrics, eval_history=self.eval_log.entries,
+            flops=flops, train_seconds=train_seconds, num_replicas=num_replicas,
+            skipped_updates=updater.skipped_updates if updater is not None else 0)
+        if chief:
+            write_json(os.path.join(workdir, "results.json"), results)
+            print(summary_line(results, workdir))
+        return results
+
+
+def describe(net, schedule, updater, total_steps: int, steps_per_epoch: int) -> str:
+    """What a run would train: per-layer sparsity table, totals, schedule (dry runs)."""
+    targets = getattr(updater, "target_sparsities", None)
+    masks = rigl.get_masks(net)
+    rows, total, zeros = [], 0, 0
+    maskable = [layer for layer in rigl.masking.walk_layers(net)
+                if type(layer) in rigl.layers.MASKED_TWINS or rigl.layers.is_masked(layer)]
+    for layer in maskable:
+        for name, shape in rigl.layers.kernel_shapes(layer).items():
+            size = int(np.prod(shape))
+            if name in masks:
+                layer_zeros = int((masks[name] == 0).sum())
+                if targets is not None:  # dense-to-sparse: show where it ends
+                    layer_zeros = rigl.distributions.num_zeros(targets[name], size)
+            else:
+                layer_zeros = 0
+            total, zeros = total + size, zeros + layer_zeros
+            rows.append(f"| {name} | {tuple(shape)} | {layer_zeros / size:.4f} | "
+                        f"{size - layer_zeros} |")
+    lines = [f"model {net.name}: {net.count_params():,} parameters (masks included)", "",
+             "| layer | kernel shape | sparsity | nonzeros |", "| --- | --- | --- | --- |",
+             *rows, "",
+             f"maskable kernels: {total:,} weights, {total - zeros:,} nonzero, "
+             f"sparsity {zeros / max(total, 1):.4f}"
+             + (" (targets of the dense-to-sparse method)" if targets is not None else ""),
+             "", f"steps: {total_steps:,} ({total_steps / steps_per_epoch:.2f} epochs of "
+             f"{steps_per_epoch:,} steps)"]
+    anchors = sorted({0, total_steps - 1, *[b for b in getattr(schedule, "boundaries", [])
+                                           if b < total_steps],
+                      *([schedule.warmup_steps] if getattr(schedule, "warmup_steps", 0)
+                        else [])})
+    lines.append("learning rate: " + ", ".join(
+        f"step {a:,}: {float(schedule(a)):.5g}" for a in anchors))
+    if updater is not None and updater.changes_masks:
+        steps = [t for t in range(updater.schedule.begin_step,
+                                  min(updater.schedule.end(), total_steps) + 1)
+                 if updater.is_update_step(t)]
+        shown = ", ".join(f"{t:,}" for t in steps[:3]) + (", ..." if len(steps) > 3 else "")
+        lines.append(f"mask updates ({type(updater).__name__}): {len(steps)} at steps "
+                     f"{shown} (every {updater.schedule.update_freq}, from "
+                     f"{updater.schedule.begin_step:,} to T_end = {updater.schedule.end():,})")
+        if steps and updater.current_drop_fraction(steps[0]):
+            lines.append(f"drop fraction: {updater.current_drop_fraction(steps[0]):.3f} at "
+                         f"step {steps[0]:,}, {updater.drop_fraction.decay} decay")
+    else:
+        lines.append("mask updates: none")
+    return "\n".join(lines)
