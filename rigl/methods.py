@@ -4,18 +4,18 @@ Training (``rigl.experiments``), FLOPs accounting (``rigl.flops``), the FLOPs ta
 sweeps all read this registry; nothing else lists methods. A method is a row of
 ``METHODS``:
 
-========== ============ ======== =============== =========== ==============================
-name       label        masks    dense-to-sparse FLOPs rule  updater
-========== ============ ======== =============== =========== ==============================
-dense      Dense        no       no              dense       none
-small_dense Small-Dense no       no              sparse      none (a narrower dense model)
-static     Static       yes      no              sparse      ``Static``
-snip       SNIP         yes      yes             sparse      ``SNIP``
-set        SET          yes      no              sparse      ``SET``
-snfs       SNFS         yes      no              snfs        ``SNFS``
-rigl       RigL         yes      no              rigl        ``RigL``
-prune      Pruning      yes      yes             prune       ``GradualPruning``
-========== ============ ======== =============== =========== ==============================
+=========== ============ ======== =============== =========== =============================
+name        label        masks    dense-to-sparse FLOPs rule  updater
+=========== ============ ======== =============== =========== =============================
+dense       Dense        no       no              dense       none
+small_dense Small-Dense  no       no              sparse      none (a narrowed dense model)
+static      Static       yes      no              sparse      ``Static``
+snip        SNIP         yes      yes             sparse      ``SNIP``
+set         SET          yes      no              sparse      ``SET``
+snfs        SNFS         yes      no              snfs        ``SNFS``
+rigl        RigL         yes      no              rigl        ``RigL``
+prune       Pruning      yes      yes             prune       ``GradualPruning``
+=========== ============ ======== =============== =========== =============================
 
 The order is the paper's table order (rows of tables, legends of plots). FLOPs rules are
 those of ``rigl.flops.train_flops_per_step`` (Appendix H of the paper).
@@ -58,6 +58,7 @@ class Method:
         uses_sparsity: runs differ by sparsity and distribution (False: dense).
         one_distribution: runs differ by sparsity only (a small dense model matches the
             parameter count, which the first distribution already fixes).
+        narrowed: a dense model narrowed to the sparse model's parameter count (Small-Dense).
     """
 
     name: str
@@ -68,10 +69,13 @@ class Method:
     flops_rule: str
     uses_sparsity: bool = True
     one_distribution: bool = False
+    narrowed: bool = False
 
     def __post_init__(self):
         if self.flops_rule not in FLOPS_RULES:
             raise ValueError(f"flops_rule: unknown {self.flops_rule!r}; allowed: {FLOPS_RULES}.")
+        if self.narrowed and self.masked:
+            raise ValueError(f"{self.name}: a narrowed dense model has no masks.")
         if self.masked != (self.updater is not None):
             raise ValueError(f"{self.name}: a method has masks exactly when it has an updater.")
 
@@ -86,7 +90,8 @@ class Method:
 
 _ROWS = (
     Method("dense", "Dense", None, False, False, "dense", uses_sparsity=False),
-    Method("small_dense", "Small-Dense", None, False, False, "sparse", one_distribution=True),
+    Method("small_dense", "Small-Dense", None, False, False, "sparse", one_distribution=True,
+           narrowed=True),
     Method("static", "Static", _updaters.Static, True, False, "sparse"),
     Method("snip", "SNIP", _updaters.SNIP, True, True, "sparse"),
     Method("set", "SET", _updaters.SET, True, False, "sparse"),

@@ -152,9 +152,8 @@ class TrainConfig:
     @property
     def narrows_model(self) -> bool:
         """Whether the model is a dense one narrowed to the sparse model's parameter count
-        (Small-Dense): a method without masks whose runs still differ by sparsity."""
-        traits = self.method_traits
-        return not traits.masked and traits.uses_sparsity
+        (Small-Dense)."""
+        return self.method_traits.narrowed
 
     @property
     def progress_verbosity(self) -> int:
