@@ -1,0 +1,103 @@
+"""What every script does around its ``main``: quiet logs and one-line user errors.
+
+Scripts call ``_cli.run(main)`` instead of ``absl.app.run(main)`` (``python scripts/x.py``
+puts ``scripts/`` first on ``sys.path``, so ``import _cli`` finds this file). It lives beside
+the scripts, not in ``rigl``, because importing anything under ``rigl`` imports TensorFlow,
+and the point is to run before that import. It
+
+* keeps TensorFlow's start-up noise off the terminal: ``TF_CPP_MIN_LOG_LEVEL=3`` and, while
+  TensorFlow is imported, the C++ lines printed before its logging is set up (the
+  ``absl::InitializeLog`` warning, "Could not find cuda drivers", CPU-feature notes), which
+  no environment variable silences. Lines that are not known noise are still shown, and so
+  is everything when the import fails;
+* turns a ``UsageError`` (bad input: a parameter, a file) into one line on stderr,
+  ``error: <message>``, and exit status 2, without a traceback.
+
+``--verbosity`` (absl's flag; ``-v``) at 0 or above, or ``RIGL_VERBOSE=1``, keeps every log
+line and prints the traceback of a usage error too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+
+# C++ log lines TensorFlow prints at import and device set-up that say nothing to a user of
+# a CPU or a correctly set-up GPU machine.
+NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc|"
+    r"failed call to cuInit|cpu_feature_guard\.cc|To enable the following instructions|"
+    r"oneDNN custom operations are on|rebuild TensorFlow with the appropriate compiler")
+
+
+def verbose_requested(argv: list[str] | None = None) -> bool:
+    """Whether the command line or the environment asks for every log line."""
+    if os.environ.get("RIGL_VERBOSE", "") not in ("", "0"):
+        return True
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv):
+        value = None
+        if arg.startswith(("--verbosity=", "-v=")):
+            value = arg.split("=", 1)[1]
+        elif arg in ("--verbosity", "-v") and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is not None:
+            try:
+                return int(value) >= 0
+            except ValueError:
+                return True
+    return False
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its start-up noise filtered out of stderr (see module doc)."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow  # noqa: F401
+            import tensorflow as tf
+
+            # Device set-up prints "failed call to cuInit" on machines without a GPU.
+            tf.config.list_logical_devices("CPU")
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            lines = text.splitlines() if failed else [
+                line for line in text.splitlines() if not NOISE.search(line)]
+            if lines:
+                print("\n".join(lines), file=sys.stderr)
+
+
+def run(main: Callable[[list[str]], object]) -> None:
+    """``absl.app.run(main)`` with quiet logs and one-line usage errors (exit status 2)."""
+    from absl import app
+
+    verbose = verbose_requested()
+    if not verbose:
+        import_tensorflow_quietly()
+
+    from rigl.experiments.errors import USAGE_EXIT_STATUS, UsageError
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except UsageError as error:
+            if verbose:
+                traceback.print_exc()
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(USAGE_EXIT_STATUS)
+
+    app.run(wrapped)
