@@ -6,8 +6,8 @@ Gin names (bind them in ``gin_configs/`` or with ``--gin_bindings``):
   method, sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale,
   train_steps / epochs, multiplier, batch_size, eval_batch_size, eval_every_steps,
   checkpoint_every_steps, log_every_steps, seed, strategy, label_smoothing,
-  mask_snapshot_steps, deterministic, smoke, verbose); ``train`` turns them into a
-  ``TrainConfig``;
+  mask_snapshot_steps, deterministic, smoke, verbose, stop_on_nonfinite); ``train`` turns
+  them into a ``TrainConfig``;
 * ``updater.*`` (``make_updater``): update_freq, begin_step, end_step, drop_fraction,
   drop_fraction_decay, decay_power, grow_init, initial_sparsity (gradual pruning); a binding
   scoped by the method's name (``prune/updater.update_freq = 1000``) applies to that method
@@ -105,6 +105,8 @@ class TrainConfig:
             (and 64×64 ImageNet images) to check a config end to end without its data.
         dry_run: build model, masks and schedule, print them and return without training
             or writing anything.
+        stop_on_nonfinite: stop the run with an error after this many consecutive training
+            steps whose loss is NaN or infinite (the last good checkpoint is kept); 0: never.
         verbose: 1 progress bar, 2 one line per log period, 0 silent; None: 1 on a
             terminal, else 2 (see ``progress_verbosity``).
     """
@@ -134,6 +136,8 @@ class TrainConfig:
     smoke: bool
     dry_run: bool
     verbose: int | None
+    # Defaulted (unlike the other fields) so a caller built before it existed still works.
+    stop_on_nonfinite: int = 10
 
     def __post_init__(self):
         traits = rigl.methods.get_method(self.method, "training.method")
