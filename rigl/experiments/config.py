@@ -105,6 +105,9 @@ class TrainConfig:
             (and 64×64 ImageNet images) to check a config end to end without its data.
         dry_run: build model, masks and schedule, print them and return without training
             or writing anything.
+        force_resume: the user passed ``--force_resume`` (``workdir.FORCE_FLAG``): a workdir
+            holding a run with other bindings is continued with these (see
+            ``rigl.experiments.workdir.check_identity``).
         stop_on_nonfinite: stop the run with an error after this many consecutive training
             steps whose loss is NaN or infinite (the last good checkpoint is kept); 0: never.
         verbose: 1 progress bar, 2 one line per log period, 0 silent; None: 1 on a
@@ -136,7 +139,8 @@ class TrainConfig:
     smoke: bool
     dry_run: bool
     verbose: int | None
-    # Defaulted (unlike the other fields) so a caller built before it existed still works.
+    # Defaulted (unlike the other fields) so callers written before they existed still work.
+    force_resume: bool = False
     stop_on_nonfinite: int = 10
 
     def __post_init__(self):
