@@ -302,6 +302,59 @@ def test_a_failed_run_is_reported_and_the_sweep_goes_on(tmp_path):
                for line in lines)
     assert [e["event"] for e in _events(root)] == ["start", "done", "start", "failed",
                                                    "start", "done", "start", "done"]
+    # A progress line before the first run and after each (timing not asserted).
+    progress = [line.split(";")[0] for line in lines if line.startswith("sweep: ")]
+    assert progress == [
+        "sweep: 4 runs, 0 already finished, 4 to train (1 at a time)",
+        *[f"sweep: {done}/4 runs finished (0 skipped as already finished), {failed} failed, "
+          f"{left} to train" for done, failed, left in [(1, 0, 3), (1, 1, 2), (2, 1, 1),
+                                                        (3, 1, 0)]]]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_sweep_progress_from_run_durations():
+    """Done/total with skipped runs, failures, elapsed and an ETA from the mean duration of
+    the finished runs, ``jobs`` at a time, runs in flight counted by what they have left."""
+    clock = _Clock()
+    progress = sw.SweepProgress(total=6, skipped=1, to_train=4, jobs=2, clock=clock)
+    assert progress.header() == ("sweep: 6 runs, 1 already finished, 4 to train (2 at a time), "
+                                 "1 left for later")
+    progress.started("a")
+    progress.started("b")
+    clock.now = 10.0
+    # a took 10 s; b has run 10 s of its 10; 2 runs of 10 s on 2 jobs: 10 s.
+    assert progress.ended("a", ok=True) == (
+        "sweep: 2/6 runs finished (1 skipped as already finished), 0 failed, 3 to train, "
+        "1 left for later; elapsed 10s, ETA 10s")
+    progress.started("c")
+    clock.now = 12.0
+    # b failed (its 12 s do not count while a run has finished); c has 8 s left, d 10 s.
+    assert progress.ended("b", ok=False) == (
+        "sweep: 2/6 runs finished (1 skipped as already finished), 1 failed, 2 to train, "
+        "1 left for later; elapsed 12s, ETA 9s")
+    progress.started("d")
+    clock.now = 20.0
+    # c took 10 s like a: mean 10 s, and d (8 s in) has 2 s left.
+    assert progress.ended("c", ok=True).endswith("1 to train, 1 left for later; elapsed 20s, "
+                                                 "ETA 2s")
+    clock.now = 130.0
+    assert progress.ended("d", ok=True) == (
+        "sweep: 4/6 runs finished (1 skipped as already finished), 1 failed, 0 to train, "
+        "1 left for later; elapsed 2m10s")
+
+    # Only failures so far: their durations give the ETA; one job at a time.
+    clock = _Clock()
+    progress = sw.SweepProgress(total=3, skipped=0, to_train=3, clock=clock)
+    progress.started("a")
+    clock.now = 30.0
+    assert progress.ended("a", ok=False).endswith("1 failed, 2 to train; elapsed 30s, ETA 1m00s")
 
 
 def test_end_to_end_smoke_sweep_through_the_script(tmp_path):
@@ -319,13 +372,22 @@ def test_end_to_end_smoke_sweep_through_the_script(tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
-    sweep("--max_runs=1")  # "interrupted" after one run
+    out = sweep("--max_runs=1")  # "interrupted" after one run
+    assert ("sweep: 1/4 runs finished (0 skipped as already finished), 0 failed, 0 to train, "
+            "3 left for later; elapsed") in out
     finished = sorted(p.parent.name for p in root.glob("*/results.json"))
     assert finished == ["static_uniform_s0.9_seed0"]
     first = (root / finished[0] / "results.json").stat().st_mtime_ns
     out = sweep()
     assert "static_uniform_s0.9_seed0: finished, skipped" in out
     assert "3 trained, 1 already finished, 0 failed, 0 left" in out
+    assert [line.split(";")[0] for line in out.splitlines() if line.startswith("sweep: ")][:4] == [
+        "sweep: 4 runs, 1 already finished, 3 to train (1 at a time)",
+        *[f"sweep: {done}/4 runs finished (1 skipped as already finished), 0 failed, "
+          f"{3 - trained} to train" for trained, done in [(1, 2), (2, 3), (3, 4)]]]
+    # Each run's train.log has its progress lines (not a terminal: one per log step).
+    log = (root / "set_uniform_s0.9_seed1" / "train.log").read_text()
+    assert "step 1/3 (33.3%)  first step" in log and "step 3/3 (100.0%)  " in log
     assert (root / finished[0] / "results.json").stat().st_mtime_ns == first
     assert [e["run"] for e in _events(str(root)) if e["event"] == "start"] == [
         "static_uniform_s0.9_seed0", "set_uniform_s0.9_seed0", "static_uniform_s0.9_seed1",

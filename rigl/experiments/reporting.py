@@ -2,7 +2,8 @@
 
 ``RunReport`` is everything a run writes besides its checkpoints, fed by the training loop
 (``rigl.experiments.training``) at fixed points: the step log (TensorBoard ``logs/train``:
-loss, accuracy, learning rate; the progress bar), the FLOPs log of dense-to-sparse methods
+loss, accuracy, learning rate) and the progress line on stdout (``ProgressLine``: step,
+steps/s, ETA, loss, score, learning rate), the FLOPs log of dense-to-sparse methods
 (``flops_log.json``), mask snapshots (``mask_snapshots/step_<N>.npz``), the evaluations
 (``logs/eval`` and ``eval_log.json``), and at the end ``model.keras`` and ``results.json``
 (the paper's columns: sparsity, FLOPs, the MLP's units kept, best scores). ``describe`` is
@@ -17,7 +18,10 @@ step with the checkpoints in ``RunReport.checkpointed``. The loop itself does no
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+import time
 
 import gin
 import keras
@@ -216,12 +220,149 @@ def summary_line(results: dict, workdir: str) -> str:
             f"{results['train_seconds']:.1f}s train -> {workdir}")
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as ``45s``, ``2m26s`` or ``3h05m`` (hours past 24 stay hours)."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate to four significant digits: ``0.1``, ``0.001``, ``1.234e-05``, and
+    ``0`` (not ``0.0000e+00``) where a cosine schedule ends."""
+    return "0" if lr == 0 else f"{lr:.4g}"
+
+
+def format_rate(steps_per_second: float | None) -> str:
+    """``12.3 steps/s``, or ``4.20 s/step`` below one step a second; ``-- steps/s`` when
+    no rate is known yet."""
+    if steps_per_second is None or steps_per_second <= 0:
+        return "-- steps/s"
+    if steps_per_second < 1:
+        return f"{1 / steps_per_second:.2f} s/step"
+    return f"{steps_per_second:.1f} steps/s"
+
+
+class ProgressLine:
+    """The progress line of a training run, printed at every log period::
+
+        step 1,200/3,000 (40.0%)  12.3 steps/s  ETA 2m26s  loss 0.2345  acc 0.9312  lr 0.1
+
+    Timing is wall-clock, from ``clock``. It starts when the first step of this session
+    ends (``step_done``), so that step, which traces and compiles the training function
+    (and follows the restore of a resumed run), is in no rate: its duration is shown once,
+    on its own line (``first step 4.1s``). A resumed run's rates are those of its resumed
+    part only. Steps/s is over the last log period (evaluations and checkpoints in it
+    included: the rest of the run pays for them too); the ETA is the steps left at the mean
+    rate since the first step, steadier than one period's when evaluations come every few
+    periods. The last line shows the session's time (``took``) instead of an ETA.
+
+    Args:
+        total_steps: the run's length.
+        start_step: the step this session starts (or resumes) from.
+        verbosity: 0 silent; 1 one line rewritten in place with ``\\r`` (a terminal), ended
+            with a newline at the last step (or ``close``); 2 one line per log period (logs,
+            a sweep's ``train.log``).
+        stream: where lines go; None: ``sys.stdout`` at the time of writing.
+        clock: seconds from a monotonic clock (``time.monotonic``; tests pass a fake one).
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, verbosity: int = 2,
+                 stream=None, clock=time.monotonic):
+        if verbosity not in (0, 1, 2):
+            raise ValueError(f"training.verbose: 0, 1 or 2 (or None), got {verbosity!r}.")
+        self.total_steps, self.start_step, self.verbosity = total_steps, start_step, verbosity
+        self.stream, self.clock = stream, clock
+        self._began: float | None = None  # when the session's first step started
+        self._first: tuple[int, float] | None = None  # (step, time) the first step ended
+        self._last: tuple[int, float] | None = None  # (step, time) of the last line
+        self._shown = 0  # length of the line on the terminal, to blank what it leaves over
+
+    def begin(self) -> None:
+        """Just before the session's first step (times it: tracing, compiling)."""
+        self._began = self.clock()
+
+    def step_done(self, step: int) -> None:
+        """After every optimizer step (cheap): starts the rate clock at the first one."""
+        if self._first is None:
+            self._first = self._last = (step, self.clock())
+
+    @property
+    def first_step(self) -> int:
+        """The first step of this session (it gets a line of its own)."""
+        return self.start_step + 1
+
+    def line(self, step: int, *, loss: float, lr: float, accuracy: float | None = None,
+             bits_per_char: float | None = None) -> str:
+        """The progress line after ``step`` (closing the period since the last one): the
+        training loss, accuracy (``acc``) or bits per character, and learning rate."""
+        now = self.clock()
+        if self._first is None:  # step_done not called: the rate clock starts here
+            self._first = self._last = (step, now)
+        first_step, first_time = self._first
+        last_step, last_time = self._last
+        self._last = (step, now)
+        parts = [f"step {step:,}/{self.total_steps:,} ({100 * step / self.total_steps:.1f}%)"]
+        if step == first_step:
+            if self._began is not None:
+                parts.append(f"first step {first_time - self._began:.1f}s")
+        else:
+            rate = (step - last_step) / (now - last_time) if now > last_time else None
+            parts.append(format_rate(rate))
+            if step >= self.total_steps:
+                began = self._began if self._began is not None else first_time
+                parts.append(f"took {format_duration(now - began)}")
+            else:
+                mean = (step - first_step) / (now - first_time) if now > first_time else None
+                parts.append("ETA " + (format_duration((self.total_steps - step) / mean)
+                                       if mean else "--"))
+        parts.append(f"loss {loss:.4f}")
+        if accuracy is not None:
+            parts.append(f"acc {accuracy:.4f}")
+        if bits_per_char is not None:
+            parts.append(f"bits/char {bits_per_char:.4f}")
+        parts.append(f"lr {format_lr(lr)}")
+        return "  ".join(parts)
+
+    def update(self, step: int, **values) -> None:
+        """Prints the line after ``step`` (``values``: the keywords of ``line``)."""
+        if not self.verbosity:
+            return
+        text = self.line(step, **values)
+        stream = self.stream or sys.stdout
+        if self.verbosity == 1:
+            end = "\n" if step >= self.total_steps else ""
+            # Blanks what a longer previous line would leave behind (no terminal codes).
+            stream.write("\r" + text + " " * max(0, self._shown - len(text)) + end)
+            self._shown = 0 if end else len(text)
+        else:
+            stream.write(text + "\n")
+        stream.flush()
+
+    def close(self) -> None:
+        """Ends a line left open on the terminal (a run that stops before its last step)."""
+        if self._shown:
+            (self.stream or sys.stdout).write("\n")
+            (self.stream or sys.stdout).flush()
+            self._shown = 0
+
+
+def _task_of(net) -> str:
+    """"language_model" for a model predicting per position (outputs of rank 3: batch,
+    position, class), else "classification"."""
+    outputs = getattr(net, "outputs", None) or []
+    return "language_model" if outputs and len(outputs[0].shape) == 3 else "classification"
+
+
 class RunReport:
     """Everything a training run writes besides its checkpoints, in ``out_dir``.
 
     The loop calls ``begin`` before its first step, ``step_done`` after every step,
     ``checkpointed`` after every checkpoint, ``evaluated`` after every evaluation (the final
-    one included) and ``finish`` at the end.
+    one included) and ``finish`` at the end (``close`` instead when it stops on an error).
 
     Args:
         config: the run's ``TrainConfig`` (periods, snapshot steps, verbosity, method).
@@ -230,16 +371,22 @@ class RunReport:
         start_step: the step training starts (or resumes) from.
         total_steps: the run's length.
         examples_per_step: predictions per step (the accuracy's denominator).
+        task: "classification" or "language_model" (the progress line shows the training
+            bits per character instead of the accuracy); None: a language model if the model
+            predicts per position (an output of rank 3).
+        stream, clock: the progress line's (``ProgressLine``); tests pass their own.
     """
 
     def __init__(self, config: TrainConfig, out_dir: str, net, optimizer, *, start_step: int,
-                 total_steps: int, examples_per_step: int):
+                 total_steps: int, examples_per_step: int, task: str | None = None,
+                 stream=None, clock=time.monotonic):
         self.config, self.out_dir, self.net, self.optimizer = config, out_dir, net, optimizer
         self.total_steps, self.examples_per_step = total_steps, examples_per_step
         self.train_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "train"))
         self.eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs", "eval"))
-        self.progbar = keras.utils.Progbar(total_steps, verbose=config.progress_verbosity,
-                                           unit_name="step")
+        self.progress = ProgressLine(total_steps, start_step, config.progress_verbosity,
+                                     stream=stream, clock=clock)
+        self.task = task or _task_of(net)
         self.flops_log = FlopsLog(os.path.join(out_dir, "flops_log.json"), net, start_step,
                                   tracks_updates=config.method_traits.dense_to_sparse)
         self.eval_log = StepLog(os.path.join(out_dir, "eval_log.json"), start_step)
@@ -250,23 +397,39 @@ class RunReport:
         """Before the first step (and before the updater binds): the initial masks."""
         if self.start_step == 0 and 0 in self.snapshot_steps:
             save_masks(self.out_dir, 0, self.net)
+        self.progress.begin()
 
     def step_done(self, step: int, loss, correct, update_history=()) -> None:
         """After optimizer step ``step`` (1-based): the step log every ``log_every_steps``
-        and at the end (``loss``/``correct`` are read from the device only then), the FLOPs
-        log after a mask update (``update_history``: the callback's results so far), and
-        the mask snapshot if one is due."""
-        if step % self.config.log_every_steps == 0 or step == self.total_steps:
+        and at the end (``loss``/``correct`` are read from the device only then), the
+        progress line then and after the session's first step, the FLOPs log after a mask
+        update (``update_history``: the callback's results so far), and the mask snapshot
+        if one is due."""
+        self.progress.step_done(step)
+        logged = step % self.config.log_every_steps == 0 or step == self.total_steps
+        if logged or (self.progress.verbosity and step == self.progress.first_step):
             loss, accuracy = float(loss), float(correct) / self.examples_per_step
             lr = float(self.optimizer.learning_rate)
-            with self.train_writer.as_default(step=step):
-                tf.summary.scalar("loss", loss)
-                tf.summary.scalar("accuracy", accuracy)
-                tf.summary.scalar("learning_rate", lr)
-            self.progbar.update(step, [("loss", loss), ("accuracy", accuracy), ("lr", lr)])
+            if logged:
+                with self.train_writer.as_default(step=step):
+                    tf.summary.scalar("loss", loss)
+                    tf.summary.scalar("accuracy", accuracy)
+                    tf.summary.scalar("learning_rate", lr)
+            if self.progress.verbosity:
+                self.progress.update(step, loss=loss, lr=lr,
+                                     **self._progress_metric(loss, accuracy))
         self.flops_log.after_step(step, update_history)
         if step in self.snapshot_steps:
             save_masks(self.out_dir, step, self.net)
+
+    def _progress_metric(self, loss: float, accuracy: float) -> dict:
+        """The task's score for the progress line: the accuracy, or for a language model
+        the training bits per character (the loss without its weight-decay term, in bits;
+        that term is read after the step, one update off, far below the digits shown)."""
+        if self.task != "language_model":
+            return {"accuracy": accuracy}
+        penalty = sum(float(v) for v in self.net.losses) if self.net.losses else 0.0
+        return {"bits_per_char": (loss - penalty) / math.log(2.0)}
 
     def checkpointed(self) -> None:
         """After a checkpoint: the step logs a resumed run reads back, saved with it."""
@@ -281,10 +444,16 @@ class RunReport:
         if not self.eval_log.entries or self.eval_log.entries[-1][0] != step:
             self.eval_log.add(step, metrics)
 
+    def close(self) -> None:
+        """Ends the progress line if a terminal line is still open (``finish`` does; a loop
+        stopping early on an error calls it before the error is printed)."""
+        self.progress.close()
+
     def finish(self, *, steps: int, metrics: dict, dense_flops: float, train_seconds: float,
                updater, num_replicas: int, chief: bool, workdir: str) -> dict:
         """At the end: ``eval_log.json``, ``model.keras``, and on the chief ``results.json``
         and the summary line; returns the results."""
+        self.close()
         self.eval_log.save()
         self.net.save(os.path.join(self.out_dir, "model.keras"))
         config = self.config

@@ -7,7 +7,8 @@ holds one step, in the order a sweep goes through them:
 ``grid``                  the sweep file (gin syntax, ``sweep.*`` only): ``Sweep``, ``Run``,
                           ``parse_sweep``, ``load_sweep``; which axes a method uses
 ``runner``                one workdir and one ``scripts/train.py`` subprocess per run:
-                          ``plan``, ``run_sweep``, ``describe_plan``, ``thread_env``, logs
+                          ``plan``, ``run_sweep``, ``describe_plan``, ``thread_env``, logs,
+                          ``SweepProgress``
 ``aggregation``           collected ``results.json`` copies -> records -> mean ± std rows ->
                           ``table.md`` / ``table.csv``
 ``plots``                 test score vs sparsity and vs training FLOPs, connectivity images
@@ -64,6 +65,7 @@ from rigl.experiments.sweep.runner import (
     SPEC_FILE,
     SWEEP_LOG_FILE,
     PlannedRun,
+    SweepProgress,
     SweepReport,
     check_workdirs,
     command_line,
@@ -92,6 +94,7 @@ __all__ = [
     "Run",
     "Sweep",
     "SweepError",
+    "SweepProgress",
     "SweepReport",
     "aggregate",
     "aggregate_sweep",

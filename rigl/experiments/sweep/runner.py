@@ -12,7 +12,8 @@ unfinished one resumes from its checkpoint (``scripts/train.py`` resumes by itse
 ``sweep_run.json`` in the workdir records the configs and bindings the run was started with,
 and a sweep refuses to continue a workdir whose recorded command differs from the current one.
 ``--jobs=N`` trains N runs at a time, the cores split between them (``thread_env``); every
-start, end, failure and skip is appended to ``<root>/sweep_log.jsonl``.
+start, end, failure and skip is appended to ``<root>/sweep_log.jsonl``, and every end prints
+where the sweep stands (``SweepProgress``: runs finished out of all, failures, elapsed, ETA).
 
 Where new things plug in: another way to launch a run (a cluster scheduler, say) is a
 ``launcher`` callable given to ``run_sweep``, with the signature of ``subprocess_launcher``.
@@ -31,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from rigl.experiments.reporting import format_duration
 from rigl.experiments.sweep.grid import Run, Sweep, SweepError
 
 # What a run's workdir (and its collected copy) holds, and the sweep's event log.
@@ -201,6 +203,75 @@ class SweepReport:
     left: list[str] = dataclasses.field(default_factory=list)
 
 
+class SweepProgress:
+    """Where a sweep stands: one line each time a run ends, e.g.::
+
+        sweep: 5/12 runs finished (3 skipped as already finished), 1 failed, 6 to train;
+        elapsed 12m03s, ETA 35m10s
+
+    (one line). The ETA: each run still to train costs the mean duration of the runs that
+    finished in this sweep (of the failed ones while none has finished), a run in flight
+    what is left of that mean, and ``jobs`` runs train at a time (fewer when fewer are
+    left). Durations are wall-clock, from ``clock``.
+
+    Args:
+        total: runs in the sweep.
+        skipped: runs already finished before it started (not trained again).
+        to_train: runs this invocation trains (``max_runs`` may leave others for later).
+        jobs: runs trained at the same time.
+        clock: seconds from a monotonic clock (``time.monotonic``; tests pass a fake one).
+    """
+
+    def __init__(self, total: int, skipped: int, to_train: int, jobs: int = 1,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.skipped, self.to_train, self.jobs = total, skipped, to_train, jobs
+        self.clock, self.began = clock, clock()
+        self.durations: dict[str, list[float]] = {"finished": [], "failed": []}
+        self._running: dict[str, float] = {}
+
+    def header(self) -> str:
+        """What the sweep is about to do (printed before its first run)."""
+        later = self.total - self.skipped - self.to_train
+        return (f"sweep: {self.total} runs, {self.skipped} already finished, "
+                f"{self.to_train} to train ({self.jobs} at a time)"
+                + (f", {later} left for later" if later else ""))
+
+    def started(self, name: str) -> None:
+        """Run ``name`` starts training."""
+        self._running[name] = self.clock()
+
+    def ended(self, name: str, ok: bool) -> str:
+        """Run ``name`` ended, finished (``ok``) or failed; returns the progress line."""
+        seconds = self.clock() - self._running.pop(name)
+        self.durations["finished" if ok else "failed"].append(seconds)
+        return self.line()
+
+    def eta(self) -> float | None:
+        """Seconds until the runs to train have ended: None before any has ended, 0 when
+        none is left."""
+        ended = self.durations["finished"] or self.durations["failed"]
+        left = self.to_train - sum(len(d) for d in self.durations.values())
+        if not ended or left <= 0:
+            return None if left > 0 else 0.0
+        mean, now = sum(ended) / len(ended), self.clock()
+        work = (left - len(self._running)) * mean + sum(
+            max(0.0, mean - (now - began)) for began in self._running.values())
+        return work / min(self.jobs, left)
+
+    def line(self) -> str:
+        """Runs finished (skipped ones included) out of all, failed, still to train, left
+        for later, elapsed time and ETA."""
+        trained, failed = len(self.durations["finished"]), len(self.durations["failed"])
+        left = self.to_train - trained - failed
+        later = self.total - self.skipped - self.to_train
+        eta = self.eta()
+        return (f"sweep: {self.skipped + trained}/{self.total} runs finished ({self.skipped} "
+                f"skipped as already finished), {failed} failed, {left} to train"
+                + (f", {later} left for later" if later else "")
+                + f"; elapsed {format_duration(self.clock() - self.began)}"
+                + (f", ETA {format_duration(eta)}" if left and eta is not None else ""))
+
+
 _LOG_LOCK = threading.Lock()
 
 
@@ -237,6 +308,13 @@ def run_sweep(planned: Sequence[PlannedRun], root: str, repo_root: str,
     width = len(str(len(planned)))
     env = thread_env(jobs)
     lock = threading.Lock()
+    # Statuses first, so the progress lines know from the start how many runs are to train.
+    statuses = [p.status for p in planned]
+    unfinished = sum(status != "finished" for status in statuses)
+    progress = SweepProgress(len(planned), len(planned) - unfinished,
+                             unfinished if max_runs is None else min(max_runs, unfinished),
+                             jobs)
+    echo(progress.header())
 
     def train(prefix: str, p: PlannedRun, status: str) -> None:
         os.makedirs(p.workdir, exist_ok=True)
@@ -245,6 +323,8 @@ def run_sweep(planned: Sequence[PlannedRun], root: str, repo_root: str,
         echo(f"{prefix} {'resuming' if status == 'started' else 'training'} ...")
         _log_event(root, run=p.run.name, event="start", resumed=status == "started")
         started = time.time()
+        with lock:
+            progress.started(p.run.name)
         log_path = os.path.join(p.workdir, LOG_FILE)
         try:
             code = launcher(p.argv, log_path, repo_root, env=env)
@@ -254,26 +334,27 @@ def run_sweep(planned: Sequence[PlannedRun], root: str, repo_root: str,
             raise
         seconds = time.time() - started
         if code == 0 and run_status(p.workdir) == "finished":
-            with lock:
-                report.ran.append(p.run.name)
             _log_event(root, run=p.run.name, event="done", seconds=seconds)
             with open(os.path.join(p.workdir, RESULTS_FILE)) as f:
                 results = json.load(f)
             metric = metric_key(results)
-            echo(f"{prefix} done in {seconds:.0f} s, {metric} {results.get(metric, 'n/a')}")
+            with lock:  # the run's line and the progress line together, in order
+                report.ran.append(p.run.name)
+                echo(f"{prefix} done in {seconds:.0f} s, {metric} {results.get(metric, 'n/a')}")
+                echo(progress.ended(p.run.name, ok=True))
         else:
+            _log_event(root, run=p.run.name, event="failed", seconds=seconds, code=code)
             with lock:
                 report.failed.append(p.run.name)
-            _log_event(root, run=p.run.name, event="failed", seconds=seconds, code=code)
-            echo(f"{prefix} FAILED (exit code {code}) after {seconds:.0f} s; last lines of "
-                 f"{log_path}:\n" + _tail(log_path))
+                echo(f"{prefix} FAILED (exit code {code}) after {seconds:.0f} s; last lines "
+                     f"of {log_path}:\n" + _tail(log_path))
+                echo(progress.ended(p.run.name, ok=False))
 
     pool = concurrent.futures.ThreadPoolExecutor(jobs) if jobs > 1 else None
     futures, to_train = [], 0
     try:
-        for i, p in enumerate(planned, start=1):
+        for i, (p, status) in enumerate(zip(planned, statuses), start=1):
             prefix = f"[{i:{width}}/{len(planned)}] {p.run.name}:"
-            status = p.status
             if status == "finished":
                 report.skipped.append(p.run.name)
                 _log_event(root, run=p.run.name, event="skip")
