@@ -13,6 +13,7 @@ Castro, Elsen, ICML 2020, https://arxiv.org/abs/1911.11134).
 # rigl.losses and rigl.schedules, so those models load with keras.saving.load_model.
 from rigl import flops, losses, methods, schedules  # noqa: F401
 from rigl.callbacks import SparseTraining
+from rigl.conversion import to_masked, to_sparse
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (
@@ -25,6 +26,7 @@ from rigl.masking import (
     total_sparsity,
 )
 from rigl.methods import METHODS, UPDATERS, get_updater
+from rigl.sparse_layers import SparseDense
 from rigl.updaters import (
     SET,
     SNFS,
@@ -51,6 +53,7 @@ __all__ = [
     "SET",
     "SNFS",
     "SNIP",
+    "SparseDense",
     "SparseTraining",
     "Static",
     "UPDATERS",
@@ -67,5 +70,7 @@ __all__ = [
     "measured_sparsities",
     "sparsify",
     "strip",
+    "to_masked",
+    "to_sparse",
     "total_sparsity",
 ]

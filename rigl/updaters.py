@@ -22,11 +22,24 @@ distribution strategy: every replica's copy of a mask receives the same value, a
 scores come from stateless ops seeded by (seed, layer name, step), so every worker draws the
 same numbers.
 
-This module holds the hooks (``LayerView``, ``drop_scores``, ``grow_scores``, ``counts``),
-binding to a model and optimizer, the compiled update and the method classes. The update
-reads and writes each sparse weight only through its ``rigl.storage.Storage``: it asks the
-storage for the tensors the hooks see and hands back the positions to keep and grow, so a
-layer that stores its connections differently plugs in there (``rigl/storage.py``), not here.
+This module holds the hooks (``LayerView``, ``drop_scores``, ``grow_scores``,
+``grow_scores_block``, ``counts``), binding to a model and optimizer, the compiled update and
+the method classes. The update reads and writes each sparse weight only through its
+``rigl.storage.Storage``: it asks the storage for the tensors the hooks see, lets it select
+from the hooks' scores and hands the selection back, so a layer that stores its connections
+differently plugs in there (``rigl/storage.py``), not here.
+
+Two kinds of storage, one set of hooks. Dense (masked) storage: ``LayerView.weights`` and
+``mask`` are in the kernel's shape and ``grow_scores`` gives a dense score tensor. Sparse
+storage (``rigl.SparseDense``): ``weights``/``mask`` are the stored entries (values and their
+alive flags, ``positions`` their flat kernel positions), so ``drop_scores`` and ``counts``
+work unchanged, and grow scores come from ``grow_scores_block``, the scores of a block of
+kernel rows, equal to the rows of what ``grow_scores`` would give: the storage walks the
+kernel block by block and never holds a dense tensor. SET's random scores are the same
+numbers in both (Philox draws addressed by flat position); RigL's block is the rows of the
+dense gradient ``xᵀ · dy``, from the layer's recorded input and output gradient. SNFS cannot
+run on sparse storage (it grows by the momentum of absent connections, which sparse storage
+does not keep), nor can ``grow_init`` other than zeros (a draw per dense position).
 
 Where a new updater plugs in: subclass ``Updater`` and override only ``grow_scores`` (and
 ``drop_scores`` or ``counts`` if the method needs them; ``RigL`` is a few lines), setting
@@ -38,6 +51,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import typing
 import warnings
 from collections.abc import Callable, Mapping
 from typing import ClassVar
@@ -46,7 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rigl import distributions, optimizer_state
+from rigl import distributions, optimizer_state, sparse_layers
 from rigl.schedules import DropFraction, UpdateSchedule, _check_int, polynomial_sparsity
 from rigl.seeds import stable_seed
 from rigl.selection import drop_and_grow, drop_and_grow_checked  # noqa: F401 (re-exported)
@@ -65,11 +79,19 @@ class LayerView:
     Attributes:
         index: position of the weight among the model's sparse weights.
         name: the weight's name (the layer's, or ``"<gru>/kernel"``...).
-        weights: the kernel (zero where the mask is zero).
-        mask: the current mask (bool, kernel's shape).
+        weights: the kernel, zero where the mask is zero (dense storage), or the stored
+            values ``(nnz,)`` (sparse storage).
+        mask: the active ones, of the shape of ``weights`` (bool).
         step: the update step (int64 scalar).
-        gradient: dense gradient of the loss for the kernel (updaters that need it).
+        gradient: gradient of the loss for ``weights`` (updaters that need it): the dense
+            kernel gradient, or the values' gradient (sparse storage).
         momentum: the optimizer's first-moment slot for the kernel (SNFS).
+        shape: the kernel's dense shape (both storages).
+        positions: sparse storage: flat kernel position of each stored entry (int64,
+            increasing); None for dense storage.
+        gradient_rows: sparse storage, updaters that need gradients: ``f(first_row, rows)``,
+            the dense kernel gradient of rows ``[first_row, first_row + rows)``, flat
+            (rows past the kernel's end are zero).
     """
 
     index: int
@@ -79,6 +101,29 @@ class LayerView:
     step: tf.Tensor
     gradient: tf.Tensor | None = None
     momentum: tf.Tensor | None = None
+    shape: tuple[int, ...] = ()
+    positions: tf.Tensor | None = None
+    gradient_rows: Callable | None = None
+
+
+class SparseGradient(typing.NamedTuple):
+    """What RigL and SNIP need of a sparse-storage layer's gradient (tensors).
+
+    Attributes:
+        values: gradient of the loss for the stored values ``(nnz,)``.
+        inputs: the layer's inputs on the batch, ``(batch, n_in)`` (replicas concatenated).
+        output_gradients: gradient of the loss for the layer's output before bias and
+            activation, ``(batch, n_out)``: the dense kernel gradient is
+            ``inputsᵀ · output_gradients`` plus ``regularizer``.
+        regularizer: gradient of the kernel regularizer's loss for the values ``(nnz,)``
+            (zero without one, or with a custom ``loss_fn``), which the dense gradient holds
+            at stored positions.
+    """
+
+    values: tf.Tensor
+    inputs: tf.Tensor
+    output_gradients: tf.Tensor
+    regularizer: tf.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +150,57 @@ def floor_count(fraction, n):
         fraction = tf.constant(fraction, tf.float64)
     product = tf.cast(fraction, tf.float64) * tf.cast(n, tf.float64)
     return tf.cast(tf.floor(tf.round(product * 1e6) / 1e6), tf.int32)
+
+
+def uniform_block(seed, start, length: int, dtype=tf.float32):
+    """Entries ``[start, start + length)`` of the flat ``tf.random.stateless_uniform(shape,
+    seed)`` of any shape holding them, drawn without drawing the others.
+
+    Stateless draws are counter-based (Philox on CPU and GPU): entry ``i`` is lane ``i % g``
+    of the generator at counter ``c + i // g`` (``g`` = 4 for 32-bit and narrower types, 2
+    for float64), so a block starts from the counter advanced by ``start // g``. SET's
+    random scores are thus defined per dense position, and sparse storage draws the very
+    numbers dense storage draws, block by block (``tests/test_sparse_storage.py`` checks it).
+
+    Args:
+        seed: int64 ``[2]``, as ``stateless_uniform`` takes.
+        start: int64 scalar flat offset.
+        length: Python int.
+        dtype: float dtype.
+    """
+    dtype = tf.as_dtype(dtype)
+    per_group = 2 if dtype == tf.float64 else 4
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
+    start = tf.cast(start, tf.int64)
+    group = start // per_group
+    low = counter[0] + tf.cast(group, tf.uint64)
+    carry = tf.cast(low < counter[0], tf.uint64)  # 128-bit counter: carry into the high word
+    counter = tf.stack([low, counter[1] + carry])
+    draw = tf.raw_ops.StatelessRandomUniformV2(
+        shape=[length + per_group], key=key, counter=counter,
+        alg=tf.raw_ops.StatelessRandomGetAlg(), dtype=dtype)
+    skip = tf.cast(start - group * per_group, tf.int32)
+    return draw[skip:skip + length]
+
+
+def _gradient_rows(gradient: SparseGradient, positions, shape) -> Callable:
+    """``f(first_row, rows)``: rows of the dense kernel gradient ``xᵀ · dy + regularizer``
+    of a sparse-storage layer, flat; rows past the kernel's end are zero."""
+    n_out = shape[1]
+    inputs_t = tf.transpose(gradient.inputs)  # rows of the gradient are rows of xᵀ
+    output_gradients = gradient.output_gradients
+
+    def rows_of(first_row, rows):
+        block = tf.matmul(inputs_t[first_row:first_row + rows], output_gradients)
+        block = tf.pad(block, [[0, rows - tf.shape(block)[0]], [0, 0]])
+        block = tf.reshape(block, [rows * n_out])
+        start = tf.cast(first_row, tf.int64) * n_out
+        bounds = tf.searchsorted(positions, tf.stack([start, start + rows * n_out]))
+        local = positions[bounds[0]:bounds[1]] - start
+        return tf.tensor_scatter_nd_add(block, tf.expand_dims(local, 1),
+                                        gradient.regularizer[bounds[0]:bounds[1]])
+
+    return rows_of
 
 
 class Updater(abc.ABC):
@@ -136,6 +232,10 @@ class Updater(abc.ABC):
     changes_masks: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = False
     needs_momentum: ClassVar[bool] = False
+    # False for methods that never grow (their n_grow is always 0): no grow scores needed.
+    grows: ClassVar[bool] = True
+    # Why the method cannot grow on sparse storage, if it cannot (shown in bind's error).
+    sparse_storage_error: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -166,6 +266,21 @@ class Updater(abc.ABC):
     def grow_scores(self, layer: LayerView) -> tf.Tensor | None:
         """Score of growing each connection (only positions not kept are compared)."""
 
+    def grow_scores_block(self, layer: LayerView, first_row: tf.Tensor, rows: int):
+        """Sparse storage: grow scores of kernel rows ``[first_row, first_row + rows)``, flat
+        (``rows * shape[1]``), equal to those rows of what ``grow_scores`` gives for the
+        dense kernel. Rows past the kernel's end may hold any finite value.
+
+        Methods that grow and can run on sparse storage override it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no grow_scores_block.")
+
+    @classmethod
+    def runs_on_sparse_storage(cls) -> bool:
+        """Whether the method can update sparse-storage layers (``rigl.SparseDense``)."""
+        return cls.sparse_storage_error is None and (
+            not cls.grows or cls.grow_scores_block is not Updater.grow_scores_block)
+
     def counts(self, layer: LayerView, drop_fraction: tf.Tensor):
         """(n_drop, n_grow) for a layer: both floor(f * n_active), so nnz never changes."""
         n_active = tf.reduce_sum(tf.cast(layer.mask, tf.int32))
@@ -193,6 +308,7 @@ class Updater(abc.ABC):
             raise ValueError(
                 "model: has no masked layers; call rigl.sparsify(model, sparsity) first."
             )
+        self._check_storages(targets)
         optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         strategy = model.distribute_strategy
         with strategy.scope():
@@ -226,6 +342,19 @@ class Updater(abc.ABC):
         self._gradient_fns = {}
         self._binding = binding
         return self
+
+    def _check_storages(self, targets: list[Storage]) -> None:
+        sparse = [target.name for target in targets if target.blockwise]
+        if not sparse:
+            return
+        if not self.runs_on_sparse_storage():
+            why = self.sparse_storage_error or "it defines no grow_scores_block"
+            raise ValueError(f"model: layers {sparse} use sparse storage (rigl.SparseDense), "
+                             f"where {type(self).__name__} cannot run: {why}. Use masked "
+                             "storage (rigl.to_masked) or another method.")
+        if self.grow_init != "zeros":
+            raise ValueError(f"grow_init: {self.grow_init!r} draws a value per dense position; "
+                             f"sparse storage (layers {sparse}) grows at zero only.")
 
     def _binding_key(self) -> str:
         """The public configuration the traced update depends on (schedule, seed, targets...):
@@ -271,12 +400,14 @@ class Updater(abc.ABC):
         return self.schedule.last_update_step(step)
 
     # ------------------------------------------------------------------------- gradients
-    def kernel_gradients(self, batch, loss_fn: Callable | None = None) -> list[tf.Tensor]:
+    def kernel_gradients(self, batch, loss_fn: Callable | None = None) -> list:
         """Dense gradients of the loss on ``batch`` for every masked kernel.
 
         Under a distribution strategy ``batch`` may be a per-replica value (from a
         distributed dataset); each replica's gradient is computed on its shard and the
-        results are summed over replicas.
+        results are summed over replicas. A sparse-storage layer gets a ``SparseGradient``
+        instead (the values' gradient and the factors of the dense one), never a dense
+        tensor.
 
         Args:
             batch: ``(x, y)`` or ``(x, y, sample_weight)``.
@@ -293,6 +424,7 @@ class Updater(abc.ABC):
     def _make_gradient_fn(self, loss_fn):
         model, strategy = self._model, self._strategy
         kernels = [target.variable for target in self._targets]
+        sparse = [i for i, target in enumerate(self._targets) if target.blockwise]
         if loss_fn is None and getattr(model, "_compile_loss", None) is None:
             raise ValueError(
                 f"loss_fn: {type(self).__name__} needs a loss for its gradients; compile the "
@@ -301,19 +433,45 @@ class Updater(abc.ABC):
 
         def replica_gradients(data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-            with tf.GradientTape() as tape:
+            with tf.GradientTape() as tape, sparse_layers.record_products() as records:
                 y_pred = model(x, training=True)
                 if loss_fn is None:
                     loss = model.compute_loss(x, y, y_pred, sample_weight, training=True)
                 else:
                     loss = loss_fn(y, y_pred)
-            return tape.gradient(loss, kernels)
+            if not sparse:
+                return tape.gradient(loss, kernels), [], [], []
+            products = [records[self._targets[i].name] for i in sparse]
+            grads = tape.gradient(loss, kernels + [z for _, z in products])
+            inputs = [x for x, _ in products]
+            output_grads = grads[len(kernels):]
+            regularizers = [self._regularizer_gradient(self._targets[i].target, loss_fn)
+                            for i in sparse]
+            return grads[:len(kernels)], inputs, output_grads, regularizers
 
         def gradients(batch):
-            per_replica = strategy.run(replica_gradients, args=(batch,))
-            return [strategy.reduce("SUM", g, axis=None) for g in per_replica]
+            grads, inputs, output_grads, regularizers = strategy.run(replica_gradients,
+                                                                     args=(batch,))
+            grads = [strategy.reduce("SUM", g, axis=None) for g in grads]
+            for j, i in enumerate(sparse):
+                grads[i] = SparseGradient(
+                    grads[i], strategy.gather(inputs[j], axis=0),
+                    strategy.gather(output_grads[j], axis=0),
+                    strategy.reduce("SUM", regularizers[j], axis=None))
+            return grads
 
         return gradients
+
+    @staticmethod
+    def _regularizer_gradient(layer, loss_fn):
+        """Gradient of ``layer``'s kernel regularizer for its values: the part of the dense
+        kernel gradient that ``xᵀ · dy`` lacks (the compiled loss includes it)."""
+        values = layer.values
+        if loss_fn is not None or layer.kernel_regularizer is None:
+            return tf.zeros_like(tf.convert_to_tensor(values))
+        with tf.GradientTape() as tape:
+            penalty = layer.kernel_regularizer(values)
+        return tape.gradient(penalty, values)
 
     # ---------------------------------------------------------------------------- update
     def maybe_update(self, step: int, batch=None, loss_fn=None) -> UpdateResult | None:
@@ -357,22 +515,37 @@ class Updater(abc.ABC):
         return UpdateResult(int(step), float(fraction), dict(zip(self.layer_names, changed)),
                             skipped)
 
+    def _layer_view(self, i, storage, state, step, gradients) -> LayerView:
+        gradient = gradients[i] if gradients is not None else None
+        gradient_rows = None
+        if isinstance(gradient, SparseGradient):
+            gradient_rows = _gradient_rows(gradient, state.positions, storage.shape)
+            gradient = gradient.values
+        return LayerView(
+            index=i, name=storage.name, step=step, weights=state.weights, mask=state.mask,
+            gradient=gradient,
+            momentum=(tf.convert_to_tensor(self._momenta[i])
+                      if self._momenta is not None else None),
+            shape=storage.shape, positions=state.positions, gradient_rows=gradient_rows,
+        )
+
+    def _grow(self, storage: Storage, view: LayerView):
+        """The grow scores ``storage.select`` takes: dense scores, or a block function."""
+        if not storage.blockwise:
+            return self.grow_scores(view)
+        if not self.grows:
+            return None
+        return lambda first_row, rows: self.grow_scores_block(view, first_row, rows)
+
     def _update_graph(self, step, drop_fraction, gradients):
-        flat = lambda t: None if t is None else tf.reshape(t, [-1])  # noqa: E731
         stored: list[StorageView] = []
         views, new_masks, finite = [], [], []
         for i, storage in enumerate(self._targets):
             state = storage.view()
-            view = LayerView(
-                index=i, name=storage.name, step=step, weights=state.weights, mask=state.mask,
-                gradient=gradients[i] if gradients is not None else None,
-                momentum=(tf.convert_to_tensor(self._momenta[i])
-                          if self._momenta is not None else None),
-            )
-            drop, grow = self.drop_scores(view), self.grow_scores(view)
+            view = self._layer_view(i, storage, state, step, gradients)
+            drop, grow = self.drop_scores(view), self._grow(storage, view)
             n_drop, n_grow = self.counts(view, drop_fraction)
-            new, scores_finite = drop_and_grow_checked(flat(view.mask), flat(drop), flat(grow),
-                                                       n_drop, n_grow)
+            new, scores_finite = storage.select(state, drop, grow, n_drop, n_grow)
             stored.append(state)
             views.append(view)
             new_masks.append(new)
@@ -411,6 +584,7 @@ class Static(Updater):
 
     name = "static"
     changes_masks = False
+    grows = False
 
     def __init__(self, seed: int = 0):
         super().__init__(seed=seed)
@@ -437,10 +611,18 @@ class SET(Updater):
 
     name = "set"
 
-    def grow_scores(self, layer):
-        seed = tf.stack([tf.constant(stable_seed(self.seed, layer.name, "set"), tf.int64),
+    def _seed(self, layer):
+        return tf.stack([tf.constant(stable_seed(self.seed, layer.name, "set"), tf.int64),
                          layer.step])
-        return tf.random.stateless_uniform(layer.weights.shape, seed, dtype=layer.weights.dtype)
+
+    def grow_scores(self, layer):
+        return tf.random.stateless_uniform(layer.weights.shape, self._seed(layer),
+                                           dtype=layer.weights.dtype)
+
+    def grow_scores_block(self, layer, first_row, rows):
+        start = tf.cast(first_row, tf.int64) * layer.shape[1]
+        return uniform_block(self._seed(layer), start, rows * layer.shape[1],
+                             layer.weights.dtype)
 
 
 class SNFS(Updater):
@@ -452,6 +634,8 @@ class SNFS(Updater):
 
     name = "snfs"
     needs_momentum = True
+    sparse_storage_error = ("it grows by the momentum of absent connections, and sparse "
+                            "storage keeps optimizer slots for stored entries only")
 
     def grow_scores(self, layer):
         return tf.abs(layer.momentum)
@@ -466,6 +650,9 @@ class RigL(Updater):
     def grow_scores(self, layer):
         return tf.abs(layer.gradient)
 
+    def grow_scores_block(self, layer, first_row, rows):
+        return tf.abs(layer.gradient_rows(first_row, rows))
+
 
 class _DenseToSparse(Updater):
     """Base of the baselines that start dense and prune to per-layer targets.
@@ -473,6 +660,8 @@ class _DenseToSparse(Updater):
     The model is sparsified with ``sparsity=0`` (all-ones masks) and the targets come from
     the distribution at bind time, over the model's masked layers.
     """
+
+    grows = False
 
     def __init__(self, sparsity: float, distribution: str = "uniform",
                  custom_sparsity: Mapping[str, float] | None = None,
@@ -511,7 +700,7 @@ class _DenseToSparse(Updater):
         return 0.0
 
     def _target_active(self, layer, sparsity):
-        size = int(np.prod(layer.mask.shape))
+        size = int(np.prod(layer.shape))
         return tf.cast(size, tf.int32) - floor_count(sparsity, size)
 
 
