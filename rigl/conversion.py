@@ -107,7 +107,9 @@ def to_sparse(model):
     Each ``SparseDense`` stores exactly the masked layer's active connections (its ``nnz``
     is the mask's count) with their values, and the same bias, activation, initializers and
     regularizers. Other layers are copied as they are: masked convolutions and GRUs have no
-    sparse form yet and stay masked (a warning names them). The copy is not compiled.
+    sparse form yet and stay masked (a warning names them). As ``keras.models.clone_model``
+    does, a compiled model's copy is compiled from its compile config (a fresh optimizer:
+    optimizer state is not carried over; convert before compiling to choose your own).
 
     Example:
         >>> sparse = rigl.to_sparse(rigl.sparsify(model, 0.99))
@@ -135,7 +137,7 @@ def to_masked(model):
 
     The masked kernel holds each active connection's value at its position (dense memory:
     ``n_in · n_out`` weights and a mask per layer); dead entries (after pruning) are absent.
-    The copy is not compiled.
+    Compiled like ``to_sparse``'s copy.
 
     Raises:
         ValueError: naming ``model`` if it has no ``SparseDense`` layer.

@@ -1,0 +1,268 @@
+"""Tests for rigl.SparseDense (truly sparse storage) and rigl.to_sparse / rigl.to_masked."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import rigl
+from rigl.optimizer_state import slots
+from rigl.sparse_layers import sparse_matmul
+
+
+def mlp(n_in=12, hidden=16, units=4, activation="relu"):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((n_in,))
+    x = keras.layers.Dense(hidden, activation=activation, name="h")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(units, name="o")(x))
+
+
+def batch(n=6, n_in=12, units=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, n_in)).astype("float32"), rng.integers(0, units, n)
+
+
+def dense_kernel(layer):
+    if isinstance(layer, rigl.SparseDense):
+        return layer.dense_kernel()
+    return layer.masked_kernel.numpy() * layer.mask.numpy()
+
+
+def active(layer):
+    if isinstance(layer, rigl.SparseDense):
+        mask = np.zeros(layer.kernel_shape, bool)
+        rows, cols, _ = layer.connections()
+        mask[rows, cols] = True
+        return mask
+    return layer.mask.numpy().astype(bool)
+
+
+def loss_fn(y, logits):
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+
+
+# ------------------------------------------------------------------------------------------
+# conversion
+
+
+def test_round_trip_is_exact_and_outputs_agree():
+    masked = rigl.sparsify(mlp(), 0.8, seed=2)
+    sparse = rigl.to_sparse(masked)
+    for name in ("h", "o"):
+        layer = sparse.get_layer(name)
+        assert isinstance(layer, rigl.SparseDense)
+        assert layer.nnz == int(masked.get_layer(name).mask.numpy().sum())
+        np.testing.assert_array_equal(active(layer), active(masked.get_layer(name)))
+        np.testing.assert_array_equal(dense_kernel(layer), dense_kernel(masked.get_layer(name)))
+        np.testing.assert_array_equal(layer.bias.numpy(), masked.get_layer(name).bias.numpy())
+    x, _ = batch()
+    np.testing.assert_allclose(sparse(x).numpy(), masked(x).numpy(), rtol=1e-5, atol=1e-6)
+    back = rigl.to_masked(sparse)
+    for name in ("h", "o"):
+        assert type(back.get_layer(name)) is rigl.MaskedDense
+        np.testing.assert_array_equal(back.get_layer(name).mask.numpy(),
+                                      masked.get_layer(name).mask.numpy())
+        np.testing.assert_array_equal(back.get_layer(name).kernel.numpy(),
+                                      masked.get_layer(name).kernel.numpy())
+    np.testing.assert_array_equal(back(x).numpy(), masked(x).numpy())
+
+
+def test_gradients_equal_the_masked_layers_at_active_positions():
+    masked = rigl.sparsify(mlp(), 0.7, seed=1)
+    sparse = rigl.to_sparse(masked)
+    x, y = batch()
+    grads = {}
+    for kind, model in (("masked", masked), ("sparse", sparse)):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            loss = loss_fn(y, model(xt))
+        variables = [model.get_layer(n).trainable_variables[0] for n in ("h", "o")]
+        grads[kind] = tape.gradient(loss, [xt] + variables)
+    np.testing.assert_allclose(grads["sparse"][0], grads["masked"][0], rtol=1e-5, atol=1e-6)
+    for i, name in enumerate(("h", "o"), start=1):
+        rows, cols, _ = sparse.get_layer(name).connections()
+        np.testing.assert_allclose(grads["sparse"][i].numpy(),
+                                   grads["masked"][i].numpy()[rows, cols], rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_matmul_matches_dense_product_and_gradients():
+    rng = np.random.default_rng(3)
+    shape = (9, 7)
+    mask = rng.random(shape) < 0.3
+    rows, cols = np.nonzero(mask)
+    values = rng.standard_normal(rows.size).astype("float32")
+    kernel = np.zeros(shape, "float32")
+    kernel[rows, cols] = values
+    x = tf.constant(rng.standard_normal((5, 9)).astype("float32"))
+    v = tf.constant(values)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, v])
+        y = sparse_matmul(x, v, tf.constant(rows, tf.int32), tf.constant(cols, tf.int32), shape)
+        loss = tf.reduce_sum(y * tf.range(7, dtype=tf.float32))
+    np.testing.assert_allclose(y.numpy(), x.numpy() @ kernel, rtol=1e-5, atol=1e-6)
+    dy = np.tile(np.arange(7, dtype="float32"), (5, 1))
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), dy @ kernel.T, rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss, v).numpy(), (x.numpy().T @ dy)[rows, cols],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_leading_dimensions_are_flattened():
+    layer = rigl.SparseDense(5, sparsity=0.5, name="t")
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype("float32")
+    out = layer(x).numpy()
+    assert out.shape == (2, 3, 5)
+    np.testing.assert_allclose(out[1, 2], layer(x[1, 2:3]).numpy()[0], rtol=1e-6)
+    np.testing.assert_allclose(out, x @ layer.dense_kernel() + layer.bias.numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_to_sparse_rejects_a_model_never_sparsified():
+    with pytest.raises(ValueError, match=r"^model: was never sparsified"):
+        rigl.to_sparse(mlp())
+    with pytest.raises(ValueError, match=r"^model: has no SparseDense"):
+        rigl.to_masked(rigl.sparsify(mlp(), 0.5))
+
+
+def test_to_sparse_keeps_convolutions_masked_with_a_warning():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, name="c")(inputs)
+    x = keras.layers.Dense(4, name="d")(keras.layers.Flatten()(x))
+    masked = rigl.sparsify(keras.Model(inputs, x), 0.5)
+    with pytest.warns(UserWarning, match=r"\['c'\].*stay masked"):
+        sparse = rigl.to_sparse(masked)
+    assert type(sparse.get_layer("c")) is rigl.MaskedConv2D
+    assert isinstance(sparse.get_layer("d"), rigl.SparseDense)
+    np.testing.assert_array_equal(sparse.get_layer("c").mask.numpy(),
+                                  masked.get_layer("c").mask.numpy())
+    data = np.random.default_rng(0).standard_normal((2, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(sparse(data).numpy(), masked(data).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# the layer
+
+
+def test_layer_holds_only_its_entries_and_counts_exactly():
+    layer = rigl.SparseDense(30, sparsity=0.9, name="s")
+    layer.build((None, 20))
+    assert layer.nnz == 600 - rigl.distributions.num_zeros(0.9, 600) == 60
+    shapes = {w.name: tuple(w.shape) for w in layer.weights}
+    assert shapes == {"values": (60,), "rows": (60,), "cols": (60,), "alive": (60,),
+                      "bias": (30,)}
+    assert layer.active_count() == 60
+    flat = layer.rows.numpy().astype(np.int64) * 30 + layer.cols.numpy()
+    assert (np.diff(flat) > 0).all()  # row-major, no repeats
+
+
+def test_values_initializer_matches_the_dense_kernels_scale():
+    layer = rigl.SparseDense(400, sparsity=0.5, kernel_initializer="he_normal", name="s")
+    layer.build((None, 300))
+    # He normal on a (300, 400) kernel: std sqrt(2 / 300).
+    assert abs(np.std(layer.values.numpy()) / np.sqrt(2 / 300) - 1) < 0.05
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [({"units": 3}, "sparsity"), ({"units": 3, "sparsity": 1.0}, "sparsity"),
+     ({"units": 3, "nnz": -1}, "nnz"),
+     ({"units": 3, "nnz": 4, "kernel_constraint": "max_norm"}, "kernel_constraint")],
+)
+def test_constructor_errors_name_the_parameter(kwargs, param):
+    with pytest.raises(ValueError, match=rf"^`?{param}\b"):
+        rigl.SparseDense(**kwargs)
+
+
+def test_orthogonal_initializer_is_rejected_at_build():
+    layer = rigl.SparseDense(3, nnz=4, kernel_initializer="orthogonal")
+    with pytest.raises(ValueError, match=r"^kernel_initializer\b"):
+        layer.build((None, 5))
+
+
+def test_save_load_and_weights_round_trip(tmp_path):
+    sparse = rigl.to_sparse(rigl.sparsify(mlp(), 0.75, seed=4))
+    x, _ = batch()
+    path = str(tmp_path / "m.keras")
+    sparse.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded(x).numpy(), sparse(x).numpy())
+    layer = loaded.get_layer("h")
+    assert isinstance(layer, rigl.SparseDense) and layer.nnz == sparse.get_layer("h").nnz
+    np.testing.assert_array_equal(layer.rows.numpy(), sparse.get_layer("h").rows.numpy())
+    config = sparse.get_layer("h").get_config()
+    clone = rigl.SparseDense.from_config(config)
+    assert clone.get_config() == config
+    weights = str(tmp_path / "m.weights.h5")
+    sparse.save_weights(weights)
+    other = rigl.to_sparse(rigl.sparsify(mlp(), 0.75, seed=9))
+    other.load_weights(weights)
+    np.testing.assert_array_equal(other(x).numpy(), sparse(x).numpy())
+
+
+def _store(layer, **changes):
+    store = {name: np.array(w.numpy()) for name, w in
+             [("values", layer.values), ("rows", layer.rows), ("cols", layer.cols),
+              ("alive", layer.alive), ("bias", layer.bias)]}
+    for name, edit in changes.items():
+        edit(store[name])
+    return store
+
+
+def test_loading_bad_positions_is_an_error_naming_the_layer():
+    layer = rigl.to_sparse(rigl.sparsify(mlp(), 0.75)).get_layer("h")
+
+    def outside(rows):
+        rows[-1] = 12  # the kernel has 12 rows
+
+    store = _store(layer, rows=outside)
+    with pytest.raises(ValueError, match=r"^layer 'h': position \(12, .*outside"):
+        layer.load_own_variables(store)
+    store = _store(layer)
+    store["rows"][1], store["cols"][1] = store["rows"][0], store["cols"][0]
+    with pytest.raises(ValueError, match=r"^layer 'h': position .* repeats"):
+        layer.load_own_variables(store)
+    store = _store(layer)
+    store["rows"][[0, -1]] = store["rows"][[-1, 0]]
+    with pytest.raises(ValueError, match=r"^layer 'h': positions are not in row-major order"):
+        layer.load_own_variables(store)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_optimizer_slots_exist_only_for_the_values(optimizer):
+    sparse = rigl.to_sparse(rigl.sparsify(mlp(), 0.75))
+    opt = (keras.optimizers.SGD(0.1, momentum=0.9) if optimizer == "sgd"
+           else keras.optimizers.Adam(0.01))
+    sparse.compile(opt, loss_fn)
+    x, y = batch()
+    sparse.fit(x, y, epochs=1, verbose=0)
+    layer = sparse.get_layer("h")
+    found = slots(opt, layer.values)
+    assert len(found) == (1 if optimizer == "sgd" else 2)
+    assert all(tuple(slot.shape) == (layer.nnz,) for slot in found)
+    kernel_sized = [v for v in opt.variables if tuple(v.shape) == layer.kernel_shape]
+    assert kernel_sized == []
+
+
+def test_dead_entries_stay_zero_through_training():
+    sparse = rigl.to_sparse(rigl.sparsify(mlp(), 0.75))
+    layer = sparse.get_layer("h")
+    rows, cols, values = layer.connections()
+    layer.set_connections(rows[:-5], cols[:-5], values[:-5])  # 5 entries dead
+    assert layer.active_count() == layer.nnz - 5
+    sparse.compile(keras.optimizers.SGD(0.5), loss_fn)
+    x, y = batch()
+    sparse.fit(x, y, epochs=3, verbose=0)
+    dead = ~layer.alive.numpy()
+    assert dead.sum() == 5 and (layer.values.numpy()[dead] == 0).all()
+    assert np.count_nonzero(layer.values.numpy()[~dead]) == layer.nnz - 5
+
+
+def test_jit_compile_is_refused_with_a_warning():
+    sparse = rigl.to_sparse(rigl.sparsify(mlp(), 0.75))
+    with pytest.warns(UserWarning, match="jit_compile"):
+        sparse.compile(keras.optimizers.SGD(0.1), loss_fn, jit_compile=True)
+    assert sparse.jit_compile is False
