@@ -154,6 +154,16 @@ def test_bindings_from_gin_resolve_macros_and_leave_out_excluded():
     assert everything["prune/training.log_every_steps"] == 7
 
 
+def test_settings_that_cannot_change_the_numbers_are_not_the_identity():
+    text = ("training.sparsity = 0.9\ntraining.stop_on_nonfinite = 3\n"
+            "training.log_every_steps = 10\ntraining.verbose = 2\n"
+            "training.checkpoint_every_steps = 5\ndataset.data_dir = '/d'\n")
+    assert workdir.bindings_from_gin(text) == {"training.sparsity": 0.9}
+    assert workdir.bindings_from_fields({"force_resume": True, "dry_run": False,
+                                         "stop_on_nonfinite": 0, "seed": 1}) == {
+        "training.seed": 1}
+
+
 def test_bindings_from_fields_name_them_as_gin_does():
     fields = {"workdir": "/tmp/x", "dataset": "mnist", "sparsity": 0.9, "seed": 0,
               "log_every_steps": 10, "verbose": 2, "dry_run": False,

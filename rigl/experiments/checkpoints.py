@@ -32,10 +32,13 @@ the files. Nothing is deleted:
   checkpoints (never deleting them, harmless), and on an empty one it would not build.
 
 Call it holding the workdir's ``RunLock`` (``rigl.experiments.workdir``), and build the
-``CheckpointManager`` after it. With ``set_aside=False`` it changes nothing on disk (for a
-reader that does not own the folder; do not save there then). Under multi-worker every
-process restores from its own folder: its choice must agree with the others' (a fallback on
-one worker only would resume workers at different steps).
+``CheckpointManager`` after it (``rigl.experiments.training.TrainCheckpoint`` does both). With
+``set_aside=False`` it changes nothing on disk (for a reader that does not own the folder; do
+not save there then). Under multi-worker every process restores from its own folder: its
+choice must agree with the others' (a fallback, or a kill, on one worker only would resume
+workers at different steps); the training loop checks that they agree and stops every worker
+with a ``CheckpointError`` when they do not, leaving the user to set the newer checkpoints
+of the workers ahead aside.
 
 Where a new check plugs in: ``verify`` decides what "intact" means; anything it reports sends
 the restore to the next older checkpoint.

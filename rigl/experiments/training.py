@@ -6,11 +6,19 @@ validates its arguments into a ``TrainConfig`` once, then ``run`` goes through t
 1. build (``build_experiment``): strategy, seeds, data, the model (narrowed for Small-Dense,
    then masked), learning-rate schedule, optimizer and updater, as an ``Experiment``. A dry
    run prints it (``reporting.describe``) and stops here, having written nothing.
-2. train: the workdir is prepared (``prepare_workdir``), the last checkpoint restored
-   (``TrainCheckpoint``), and ``train_loop`` runs the steps, checkpointing and evaluating
-   on schedule.
+2. train, holding the workdir (``prepare_workdir``: the run's lock, its identity, the gin
+   files): the newest intact checkpoint is restored (``TrainCheckpoint``, past damaged
+   ones), and ``train_loop`` runs the steps, evaluating and checkpointing on schedule, and
+   stops on a run of non-finite losses (``NonFiniteLossError``).
 3. report: the final evaluation, ``model.keras`` and ``results.json``
    (``reporting.RunReport``, which also writes every log during the loop).
+
+A run killed at any point resumes to the same results: an evaluation is done before the
+checkpoint of its step, and the eval log is written just before that checkpoint, so the
+newest checkpoint and the eval log always agree about every step up to the checkpoint's
+(entries after it are dropped on resume and evaluated again). TensorBoard points the
+killed session wrote after its last checkpoint are superseded by a session-start event
+(``mark_session_start``) that TensorBoard's purge of orphaned data acts on.
 
 The loop is a custom one (``strategy.run`` inside ``tf.function``, datasets from
 ``distribute_datasets_from_function``, ``tf.nn.compute_average_loss``, the Keras optimizer's
@@ -30,7 +38,9 @@ column of ``results.json``) belongs to ``rigl.experiments.reporting``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import time
 
@@ -41,7 +51,7 @@ import tensorflow as tf
 from absl import logging
 
 import rigl
-from rigl.experiments import optim, reporting, strategies
+from rigl.experiments import checkpoints, optim, reporting, strategies
 from rigl.experiments.config import (
     SMOKE_EXAMPLES,
     TrainConfig,
@@ -52,9 +62,22 @@ from rigl.experiments.config import (
     make_strategy,
     make_updater,
 )
+from rigl.experiments.workdir import (
+    RunLock,
+    bindings_from_gin,
+    check_identity,
+    write_text_atomic,
+)
+
+CHECKPOINT_DIR = "checkpoints"
 
 
-@gin.configurable("training", denylist=["workdir", "dry_run"])
+class NonFiniteLossError(RuntimeError):
+    """The training loss was NaN or infinite for ``training.stop_on_nonfinite`` steps in a
+    row (or at the last step); the message names the steps and the last good checkpoint."""
+
+
+@gin.configurable("training", denylist=["workdir", "dry_run", "force_resume"])
 def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_100",
           method: str = "rigl", sparsity: float = 0.9, distribution: str = "uniform",
           custom_sparsity=None, dense_layers=(), erk_power_scale: float = 1.0,
@@ -63,8 +86,8 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
           eval_every_steps: int | None = None, checkpoint_every_steps: int = 1000,
           log_every_steps: int = 100, seed: int = 0, strategy: str = "default",
           label_smoothing: float = 0.0, mask_snapshot_steps=(), deterministic: bool = False,
-          smoke: bool = False, dry_run: bool = False,
-          verbose: int | None = None) -> dict:
+          smoke: bool = False, dry_run: bool = False, verbose: int | None = None,
+          force_resume: bool = False, stop_on_nonfinite: int = 10) -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
     Started again with the same workdir, it resumes from the last checkpoint. Every argument
@@ -72,7 +95,9 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
     those of the gin bindings ``training.<name>``.
 
     Raises:
-        ValueError: naming the ``training.*`` binding that is invalid (see ``TrainConfig``).
+        UsageError: naming the ``training.*`` binding that is invalid (see ``TrainConfig``),
+            or the workdir is held by another run or holds a run with other bindings.
+        NonFiniteLossError: the loss stayed NaN/infinite (``training.stop_on_nonfinite``).
     """
     # Every parameter is a TrainConfig field: the config is built from exactly these.
     return run(TrainConfig(**locals()))
@@ -100,24 +125,39 @@ def _run(config: TrainConfig) -> dict:
                                  experiment.total_steps, experiment.steps_per_epoch))
         return {}
 
-    # Phase 2: train.
-    out_dir = prepare_workdir(config, experiment.strategy)
-    checkpoint = TrainCheckpoint(experiment, out_dir)
-    start_step = checkpoint.restore()
-    report = reporting.RunReport(
-        config, out_dir, experiment.model, experiment.optimizer, start_step=start_step,
-        total_steps=experiment.total_steps, examples_per_step=experiment.examples_per_step)
-    evaluate = make_evaluator(experiment)
-    steps = train_loop(experiment, checkpoint, report, evaluate, start_step)
+    # Phase 2: train, holding the workdir until the results are written.
+    with prepare_workdir(config, experiment.strategy) as out_dir:
+        checkpoint = TrainCheckpoint(experiment, out_dir)
+        start_step = checkpoint.restore()
+        # Before the report and the callback open their writers (see mark_session_start):
+        # training scalars of the restored step were logged before its checkpoint, mask
+        # updates at that step come after it.
+        mark_session_start(os.path.join(out_dir, "logs", "train"), start_step + 1)
+        mark_session_start(os.path.join(out_dir, "logs", "eval"), start_step + 1)
+        mark_session_start(os.path.join(out_dir, "logs", "masks"), start_step)
+        report = reporting.RunReport(
+            config, out_dir, experiment.model, experiment.optimizer, start_step=start_step,
+            total_steps=experiment.total_steps, examples_per_step=experiment.examples_per_step)
+        evaluate = make_evaluator(experiment)
+        try:
+            steps = train_loop(experiment, checkpoint, report, evaluate, start_step)
+        except BaseException:
+            report.close()  # ends an open progress line before the error is printed
+            raise
 
-    # Phase 3: report.
-    metrics = evaluate()
-    report.evaluated(steps, metrics)
-    return report.finish(
-        steps=steps, metrics=metrics, dense_flops=experiment.dense_flops,
-        train_seconds=float(experiment.train_seconds.numpy()), updater=experiment.updater,
-        num_replicas=experiment.strategy.num_replicas_in_sync,
-        chief=strategies.is_chief(experiment.strategy), workdir=config.workdir)
+        # Phase 3: report. The loop evaluated the last step before its checkpoint; a run
+        # resumed from that checkpoint finds the evaluation in the eval log.
+        last = report.eval_log.entries[-1] if report.eval_log.entries else None
+        if last is not None and last[0] == steps:
+            metrics = last[1]
+        else:
+            metrics = evaluate()
+            report.evaluated(steps, metrics)
+        return report.finish(
+            steps=steps, metrics=metrics, dense_flops=experiment.dense_flops,
+            train_seconds=float(experiment.train_seconds.numpy()), updater=experiment.updater,
+            num_replicas=experiment.strategy.num_replicas_in_sync,
+            chief=strategies.is_chief(experiment.strategy), workdir=config.workdir)
 
 
 # ------------------------------------------------------------------------ phase 1: build
@@ -255,15 +295,65 @@ def output_dir(workdir: str, strategy) -> str:
     return os.path.join(workdir, "workers", strategies.task_name(strategy))
 
 
-def prepare_workdir(config: TrainConfig, strategy) -> str:
-    """Creates this process's output folder and, on the chief, writes the operative gin
-    configuration; returns the folder. The first thing a run writes."""
+@contextlib.contextmanager
+def prepare_workdir(config: TrainConfig, strategy):
+    """Holds this process's output folder for the run: yields the folder (a context manager).
+
+    The first thing a run writes, after every setting was validated and the experiment
+    built: it takes the folder's ``RunLock`` (a second run there fails at once, naming the
+    holder's PID) for as long as the ``with`` block lasts, errors included; checks that the
+    folder holds this run (``check_identity`` of the operative gin bindings: a restart with
+    other bindings is a ``UsageError`` listing them, unless ``config.force_resume``); and on
+    the chief writes ``config.gin`` (the configuration as given) and ``operative_config.gin``
+    into the workdir, atomically. Under multi-worker every process locks and identifies its
+    own folder (``output_dir``), where it keeps its checkpoints; only the chief writes the
+    shared files (these two and ``results.json``).
+    """
     out_dir = output_dir(config.workdir, strategy)
-    os.makedirs(out_dir, exist_ok=True)
-    if strategies.is_chief(strategy):
-        with open(os.path.join(config.workdir, "operative_config.gin"), "w") as f:
-            f.write(gin.operative_config_str())
-    return out_dir
+    with RunLock(out_dir):
+        has_checkpoints = bool(checkpoints.list_checkpoints(os.path.join(out_dir,
+                                                                         CHECKPOINT_DIR)))
+        check_identity(out_dir, bindings_from_gin(gin.operative_config_str()),
+                       force=config.force_resume, has_checkpoints=has_checkpoints)
+        if strategies.is_chief(strategy):
+            write_text_atomic(os.path.join(config.workdir, "config.gin"), gin.config_str())
+            write_text_atomic(os.path.join(config.workdir, "operative_config.gin"),
+                              gin.operative_config_str())
+        yield out_dir
+
+
+# A TensorBoard event file holding session-start events; its name sorts after the files of
+# earlier sessions (an older time) and before those this session's writers create in the
+# same second ("-" sorts before any host name).
+_SESSION_FILE = "events.out.tfevents.{time:010d}.-session-start.{pid}.{step}"
+
+
+def mark_session_start(log_dir: str, step: int) -> str | None:
+    """Makes TensorBoard drop what a killed session logged at ``step`` and after.
+
+    Writes a ``SessionLog.START`` event at ``step`` into ``log_dir`` in a file of its own,
+    to be called before this session opens its writers there: TensorBoard, reading a run's
+    files in name order with its purge of orphaned data (the default), drops every point
+    with a step >= ``step`` read before it, so the points a resumed run writes again do not
+    show twice. It ignores the first START of a run, so this writes two (a run started
+    before these events existed has none). Nothing is written into a folder without event
+    files (a new run). Returns the file written, or None.
+    """
+    if not os.path.isdir(log_dir) or not any("tfevents" in name for name in os.listdir(log_dir)):
+        return None
+    from tensorflow.core.util import event_pb2
+
+    now = time.time()
+    path = os.path.join(log_dir, _SESSION_FILE.format(time=int(now), pid=os.getpid(),
+                                                      step=step))
+    start = event_pb2.Event(wall_time=now, step=step, session_log=event_pb2.SessionLog(
+        status=event_pb2.SessionLog.START))
+    with tf.io.TFRecordWriter(path) as writer:  # event files are TFRecord files
+        writer.write(event_pb2.Event(wall_time=now,
+                                     file_version="brain.Event:2").SerializeToString())
+        for _ in range(2):
+            writer.write(start.SerializeToString())
+    return path
 
 
 class TrainCheckpoint:
@@ -272,23 +362,42 @@ class TrainCheckpoint:
 
     def __init__(self, experiment: Experiment, out_dir: str):
         self.experiment = experiment
+        self.directory = os.path.join(out_dir, CHECKPOINT_DIR)
         self.checkpoint = tf.train.Checkpoint(
             model=experiment.model, optimizer=experiment.optimizer,
             train_seconds=experiment.train_seconds,
             skipped_mask_updates=experiment.skipped_updates)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=2)
+        self.manager: tf.train.CheckpointManager | None = None
 
     def restore(self) -> int:
-        """Restores the last checkpoint, if there is one; returns the step to start from."""
+        """Restores the newest intact checkpoint, if there is one; returns the step to start
+        from.
+
+        Damaged newer checkpoints are set aside with a warning naming their files, and a
+        missing or unreadable state file does not hide the checkpoints
+        (``checkpoints.restore_latest``); the manager that saves the next ones is built
+        afterwards. Under multi-worker every process restores from its own folder, and the
+        run stops (``CheckpointError``) unless all of them restored the same step.
+
+        Raises:
+            CheckpointError: checkpoints exist but none is intact, or workers disagree.
+        """
         experiment = self.experiment
-        latest = self.manager.latest_checkpoint
+        latest, _ = checkpoints.restore_latest(self.checkpoint, self.directory)
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("Resumed from %s", latest)
             if experiment.updater is not None:
                 experiment.updater.skipped_updates = int(experiment.skipped_updates.numpy())
-        return int(experiment.optimizer.iterations.numpy())
+        step = int(experiment.optimizer.iterations.numpy())
+        _check_workers_agree(experiment.strategy, step, latest)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                                  max_to_keep=2)
+        return step
+
+    @property
+    def latest(self) -> str | None:
+        """The newest checkpoint's prefix (None before the first)."""
+        return self.manager.latest_checkpoint if self.manager is not None else None
 
     def save(self, step: int, train_seconds: float) -> None:
         """Saves the state after ``step`` optimizer steps and ``train_seconds`` of training."""
@@ -299,13 +408,97 @@ class TrainCheckpoint:
         self.manager.save(checkpoint_number=step)
 
 
+def _check_workers_agree(strategy, step: int, prefix: str | None) -> None:
+    """Raises ``CheckpointError`` unless every worker of a multi-worker run resumes from
+    ``step``: a kill or a fallback on one worker only (each restores its own folder) would
+    otherwise train the workers from different steps. All workers take part (one collective
+    sum), so all of them stop."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    value = tf.constant([step, float(step) ** 2, 1.0], tf.float64)
+
+    @tf.function
+    def sums():
+        return strategy.reduce("SUM", strategy.run(lambda: tf.identity(value)), axis=None)
+
+    total, squares, count = sums().numpy()
+    if count * squares == total ** 2:  # equality in Cauchy-Schwarz: every value the same
+        return
+    raise checkpoints.CheckpointError(
+        f"workers resume from different steps: this worker "
+        f"({strategies.task_name(strategy)}) from step {step} "
+        f"({prefix or 'no checkpoint'}), the workers' mean is {total / count:g}. Each worker "
+        "restores its own checkpoints folder (the chief's in the workdir, the others' in "
+        "workers/<task>/): move the newer checkpoints of the workers ahead aside (e.g. into "
+        "their checkpoints/damaged/) so that all hold the same newest step, then start again.")
+
+
+class NonFiniteWatch:
+    """Counts consecutive steps whose training loss is NaN or infinite.
+
+    Reading the loss every step is a device-to-host copy of one scalar; on CPU the step's
+    result is already on the host (no measurable cost on the quickstart run: 11.5-12.7 ms a
+    step either way, within the noise of a loaded 2-core machine). ``limit`` 0 never reads.
+    """
+
+    def __init__(self, limit: int):
+        self.limit, self.count, self.first = limit, 0, None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the state may be saved: the last loss was finite (or not watched)."""
+        return self.count == 0
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the run must stop: ``limit`` non-finite losses in a row."""
+        return bool(self.limit) and self.count >= self.limit
+
+    def after_step(self, step: int, loss) -> None:
+        """Counts the loss of optimizer step ``step``."""
+        if not self.limit:
+            return
+        if math.isfinite(float(loss)):
+            if self.count:
+                logging.warning("step %d: the training loss is finite again after %d "
+                                "non-finite steps.", step, self.count)
+            self.count, self.first = 0, None
+            return
+        self.count += 1
+        if self.count == 1:
+            self.first = step
+            logging.warning("step %d: the training loss is %s; the run stops after %d such "
+                            "steps in a row (training.stop_on_nonfinite) and saves no "
+                            "checkpoint meanwhile.", step, float(loss), self.limit)
+
+    def error(self, step: int, latest: str | None) -> NonFiniteLossError:
+        """The error stopping the run at ``step``; ``latest``: the newest checkpoint."""
+        why = (f"stopped, as training.stop_on_nonfinite = {self.limit} asks (0 never stops)"
+               if self.exhausted else "at the last step, so no results are written "
+               "(training.stop_on_nonfinite = 0 would write them)")
+        return NonFiniteLossError(
+            f"step {step}: the training loss was NaN or infinite for {self.count} steps in a "
+            f"row (from step {self.first}); {why}. No checkpoint was saved after the last "
+            f"good one{f' ({latest})' if latest else ''}. Lower the learning rate (or fix "
+            "what diverged) and start in a new --workdir, or continue this one's last good "
+            "checkpoint with the new bindings and --force_resume.")
+
+
 def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
                report: reporting.RunReport, evaluate, start_step: int) -> int:
     """Trains from ``start_step`` to the end; returns the last step.
 
     Each step: the mask update if one is due (``rigl.SparseTraining``, on this step's
-    batch), the optimizer step, the step's reports, then a checkpoint and an evaluation
-    when their periods say so. Training time accumulates in ``experiment.train_seconds``.
+    batch), the optimizer step, the step's reports, then an evaluation and a checkpoint when
+    their periods say so (and both at the last step), in that order: the eval log is saved
+    with the checkpoint, just before it, so a kill anywhere leaves a checkpoint whose
+    evaluations are all in the eval log. Training time (evaluations of earlier steps
+    included, as before) accumulates in ``experiment.train_seconds``.
+
+    Raises:
+        NonFiniteLossError: ``training.stop_on_nonfinite`` non-finite losses in a row, or
+            a non-finite loss at the last step; no checkpoint is saved while the last loss
+            is non-finite, so the newest one stays the last good one.
     """
     config, strategy, spec = experiment.config, experiment.strategy, experiment.data
     total_steps = experiment.total_steps
@@ -314,12 +507,16 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
                                   start_step)))
     sparse = None
     if experiment.updater is not None:
+        # Mask updates in a TensorBoard run of their own: the update at step t comes after
+        # the checkpoint of step t, the training scalars of step t before it, and a resumed
+        # run's session start (mark_session_start) must purge the one but not the other.
         sparse = rigl.SparseTraining(
             experiment.updater, data=rigl.SparseTraining.SET_BATCH, total_steps=total_steps,
-            log_dir=os.path.join(report.out_dir, "logs", "train"))
+            log_dir=os.path.join(report.out_dir, "logs", "masks"))
     callbacks = keras.callbacks.CallbackList([sparse] if sparse else [],
                                              model=experiment.model)
     train_step = make_train_step(experiment)
+    watch = NonFiniteWatch(config.stop_on_nonfinite)
 
     report.begin()  # before the updater binds: the initial masks
     callbacks.on_train_begin()
@@ -334,14 +531,24 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
         step += 1
         callbacks.on_train_batch_end(step - 1)
         report.step_done(step, loss, correct, sparse.history if sparse else ())
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            checkpoint.save(step, base_seconds + time.time() - started)
-            report.checkpointed()
-        if config.eval_every_steps and step % config.eval_every_steps == 0 and (
-                step < total_steps):  # the last step's evaluation is the final one
+        seconds = base_seconds + time.time() - started  # this step's evaluation excluded
+        watch.after_step(step, loss)
+        last = step == total_steps
+        if watch.exhausted or (last and not watch.healthy):
+            raise watch.error(step, checkpoint.latest)
+        if last or (config.eval_every_steps and step % config.eval_every_steps == 0):
             report.evaluated(step, evaluate())
+        if last or step % config.checkpoint_every_steps == 0:
+            if not watch.healthy:
+                logging.warning("step %d: no checkpoint while the training loss is not "
+                                "finite.", step)
+                continue
+            report.checkpointed()  # the eval log first: a kill between leaves it ahead
+            # The training scalars up to this step must be on disk with the checkpoint: a
+            # resumed run logs only the steps after it.
+            report.train_writer.flush()
+            checkpoint.save(step, seconds)  # at the last step: the run's train_seconds
     callbacks.on_train_end()
-    experiment.train_seconds.assign(base_seconds + time.time() - started)
     return step
 
 

@@ -55,16 +55,19 @@ FORCE_FLAG = "--force_resume"
 
 # Bindings that never change a run's numbers, so a restart may change them: how often it
 # logs, what it prints, when it checkpoints (a resume is exact whatever the period), which
-# extra mask snapshots it keeps, where it reads its data from (the same data), where its TPU
-# is; and the two training arguments that are not bindings (``TrainConfig`` fields only).
-# ``training.eval_every_steps`` is kept: it decides which evaluations the results report.
+# extra mask snapshots it keeps, when it gives up on a diverged loss, where it reads its data
+# from (the same data), where its TPU is; and the training arguments that are not bindings
+# (``TrainConfig`` fields only). ``training.eval_every_steps`` is kept: it decides which
+# evaluations the results report.
 DEFAULT_EXCLUDE = frozenset({
     "training.log_every_steps",
     "training.verbose",
     "training.checkpoint_every_steps",
     "training.mask_snapshot_steps",
+    "training.stop_on_nonfinite",
     "training.workdir",
     "training.dry_run",
+    "training.force_resume",
     "dataset.data_dir",
     "dataset.download",
     "dataset.wikitext_dir",
