@@ -81,6 +81,8 @@ def test_default_config_reaches_97_percent(data_dir, tmp_path):
     assert saved["steps"] == 3000 and saved["method"] == "rigl" and saved["dataset"] == "mnist"
     assert "training.method = 'rigl'" in saved["gin_config"]
     assert (tmp_path / "operative_config.gin").exists()
+    assert "include 'gin_configs/mnist_lenet300.gin'" in (tmp_path / "config.gin").read_text()
+    assert (tmp_path / "run_identity.json").exists()
     assert any((tmp_path / "logs" / "train").iterdir())
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert rigl.total_sparsity(model) == pytest.approx(0.9, abs=1e-3)
@@ -184,6 +186,25 @@ def test_multi_worker_two_processes_identical(data_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["num_replicas"] == 2
+    # Only the chief writes the shared files; each worker owns its folder.
+    worker = tmp_path / "workers" / "worker_1"
+    assert sorted(p.name for p in worker.iterdir() if p.is_file()) == [
+        "eval_log.json", "model.keras", "run.lock", "run_identity.json"]
+    for name in ("config.gin", "operative_config.gin", "results.json", "run_identity.json"):
+        assert (tmp_path / name).exists(), name
+
+    # A worker whose newest checkpoint is damaged would resume at another step than the
+    # chief: every worker stops, naming the steps, instead of training out of step.
+    os.remove(worker / "checkpoints" / "ckpt-120.index")
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(_script(tmp_path, data_dir, [*SHORT, "training.strategy='multi_worker'"],
+                                 env={"TF_CONFIG": json.dumps(config)}))
+    outputs = [_finish_fail(process) for process in processes]
+    assert "this worker (worker_0) from step 120" in outputs[0], outputs[0][-3000:]
+    assert "this worker (worker_1) from step 80" in outputs[1], outputs[1][-3000:]
 
 
 def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
