@@ -1,17 +1,24 @@
 """What every script does around its ``main``: quiet logs and one-line user errors.
 
-Scripts call ``_cli.run(main)`` instead of ``absl.app.run(main)`` (``python scripts/x.py``
-puts ``scripts/`` first on ``sys.path``, so ``import _cli`` finds this file). It lives beside
-the scripts, not in ``rigl``, because importing anything under ``rigl`` imports TensorFlow,
-and the point is to run before that import. It
+Scripts call ``_cli.run(main)`` instead of ``absl.app.run(main)``, and ``_cli.start()``
+first thing, before a module-level import of ``rigl`` (which imports TensorFlow); a script
+adds its own folder to ``sys.path`` for ``import _cli`` (``python scripts/x.py`` does it
+too, but the tests import scripts as modules). It lives beside the scripts, not in ``rigl``,
+because importing anything under ``rigl`` imports TensorFlow, and the point is to run
+before that import. It
 
 * keeps TensorFlow's start-up noise off the terminal: ``TF_CPP_MIN_LOG_LEVEL=3`` and, while
   TensorFlow is imported, the C++ lines printed before its logging is set up (the
   ``absl::InitializeLog`` warning, "Could not find cuda drivers", CPU-feature notes), which
   no environment variable silences. Lines that are not known noise are still shown, and so
   is everything when the import fails;
-* turns a ``UsageError`` (bad input: a parameter, a file) into one line on stderr,
-  ``error: <message>``, and exit status 2, without a traceback.
+* keeps absl's INFO log lines to the project's own (absl.app.run turns INFO on, and
+  TensorFlow and TFDS then log "Sharding callback duration" at every checkpoint, every
+  dataset they construct, ...); warnings and errors are shown whoever logs them;
+* turns a user error into one line on stderr, ``error: <message>``, and exit status 2,
+  without a traceback: a ``UsageError`` (or absl's ``app.UsageError``) from ``main``, and a
+  flag absl cannot parse (a bad value, a required flag missing), which absl itself reports
+  with its usage text and status 1.
 
 ``--verbosity`` (absl's flag; ``-v``) at 0 or above, or ``RIGL_VERBOSE=1``, keeps every log
 line and prints the traceback of a usage error too.
@@ -19,6 +26,7 @@ line and prints the traceback of a usage error too.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -32,6 +40,22 @@ NOISE = re.compile(
     r"All log messages before absl::InitializeLog|cudart_stub\.cc|cuda_platform\.cc|"
     r"failed call to cuInit|cpu_feature_guard\.cc|To enable the following instructions|"
     r"oneDNN custom operations are on|rebuild TensorFlow with the appropriate compiler")
+
+# Code whose INFO log lines are shown by default: the project's (rigl/, scripts/).
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ProjectInfoOnly(logging.Filter):
+    """Passes warnings and errors, and INFO lines logged by the project's own code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or os.path.abspath(
+            record.pathname).startswith(PROJECT + os.sep)
+
+
+# What gin appends to the message of an exception passing through a configurable.
+GIN_CALL_NOTE = re.compile(
+    r"\n\s*In call to configurable '[^']*' \(<[^\n]*>\)( in scope '[^']*')?")
 
 
 def verbose_requested(argv: list[str] | None = None) -> bool:
@@ -81,23 +105,56 @@ def import_tensorflow_quietly() -> None:
                 print("\n".join(lines), file=sys.stderr)
 
 
+def one_line(error: BaseException) -> str:
+    """The message of a usage error on one line, without the "In call to configurable"
+    notes gin appends to an error raised inside a configurable function (it re-raises a
+    proxy whose message has them on lines of their own)."""
+    return " ".join(GIN_CALL_NOTE.sub("", str(error)).split())
+
+
+def start() -> bool:
+    """Quiets the TensorFlow import unless verbose output is asked for (idempotent).
+
+    Call it before anything imports TensorFlow. Returns whether output is verbose.
+    """
+    verbose = verbose_requested()
+    if not verbose:
+        import_tensorflow_quietly()
+    return verbose
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a parse error reported as a usage error (see module doc)."""
+    from absl import flags
+
+    from rigl.experiments.errors import USAGE_EXIT_STATUS
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(USAGE_EXIT_STATUS)
+
+
 def run(main: Callable[[list[str]], object]) -> None:
     """``absl.app.run(main)`` with quiet logs and one-line usage errors (exit status 2)."""
     from absl import app
 
-    verbose = verbose_requested()
-    if not verbose:
-        import_tensorflow_quietly()
+    verbose = start()
 
     from rigl.experiments.errors import USAGE_EXIT_STATUS, UsageError
 
     def wrapped(argv):
+        if not verbose:
+            from absl import logging as absl_logging
+
+            absl_logging.get_absl_handler().addFilter(ProjectInfoOnly())
         try:
             return main(argv)
-        except UsageError as error:
+        except (UsageError, app.UsageError) as error:
             if verbose:
                 traceback.print_exc()
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             sys.exit(USAGE_EXIT_STATUS)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)

@@ -24,12 +24,18 @@ import os
 import sys
 import time
 
-from absl import app, flags
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(SCRIPTS)
+sys.path[:0] = [SCRIPTS, ROOT]  # _cli, and rigl without installing it
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import _cli  # noqa: E402 (after the path set-up above)
+
+_cli.start()  # before the first import of rigl, which imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 from rigl.experiments.benchmark import report, suite, workloads  # noqa: E402
+from rigl.experiments.errors import UsageError  # noqa: E402
 
 PEER_SCRIPT = os.path.join(ROOT, "scripts", "benchmark_peer.py")
 ALL_VARIANTS = workloads.VARIANTS + workloads.DIAGNOSTIC_VARIANTS
@@ -74,7 +80,7 @@ PEER_WORKER = flags.DEFINE_boolean("peer_worker", False, "Internal, kept for old
 def _check(flag: str, names, allowed):
     for name in names:
         if name not in allowed:
-            raise app.UsageError(f"--{flag}: unknown {name!r}; allowed: {allowed}.")
+            raise UsageError(f"--{flag}: unknown {name!r}; allowed: {allowed}.")
 
 
 def _log(message):
@@ -85,7 +91,7 @@ def main(argv):
     del argv
     if RENDER.value:
         if not os.path.isfile(RENDER.value):
-            raise app.UsageError(f"--render: no such file {RENDER.value!r}; pass a report "
+            raise UsageError(f"--render: no such file {RENDER.value!r}; pass a report "
                                  "written with --json.")
         with open(RENDER.value) as f:
             print(report.markdown(json.load(f)))
@@ -112,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -26,12 +26,18 @@ import sys
 # Before TensorFlow is imported: tf.keras and tfmot are then Keras 2 (tf_keras).
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from absl import app, flags  # noqa: E402
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(SCRIPTS)
+sys.path[:0] = [SCRIPTS, ROOT]  # _cli, and rigl: the bench venv does not install it
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # the bench venv does not install rigl
+import _cli  # noqa: E402 (after the path set-up above)
+
+_cli.start()  # before the first import of rigl, which imports TensorFlow
+
+from absl import flags  # noqa: E402
 
 from rigl.experiments.benchmark import peer, workloads  # noqa: E402
+from rigl.experiments.errors import UsageError  # noqa: E402
 
 WORKLOADS_FLAG = flags.DEFINE_list("workloads", list(workloads.PEER_WORKLOADS),
                                    f"Workloads, of {sorted(workloads.WORKLOADS)}.")
@@ -70,7 +76,7 @@ def main(argv):
     del argv
     for name in WORKLOADS_FLAG.value:
         if name not in workloads.WORKLOADS:
-            raise app.UsageError(f"--workloads: unknown {name!r}; allowed: "
+            raise UsageError(f"--workloads: unknown {name!r}; allowed: "
                                  f"{sorted(workloads.WORKLOADS)}.")
     overrides = {key: flag.value for key, flag in zip(
         workloads.OVERRIDABLE, (WINDOW_STEPS, ROUNDS, WARMUP_STEPS)) if flag.value is not None}
@@ -80,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

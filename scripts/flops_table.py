@@ -14,9 +14,16 @@ import json
 import os
 import sys
 
-from absl import app, flags
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [SCRIPTS, os.path.dirname(SCRIPTS)]  # _cli, and rigl without installing it
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _cli  # noqa: E402 (after the path set-up above)
+
+_cli.start()  # before the first import of rigl, which imports TensorFlow
+
+from absl import flags  # noqa: E402
+
+from rigl.experiments.errors import UsageError  # noqa: E402
 
 # Model -> (input shape, classes) of the paper's experiment with it.
 MODEL_DEFAULTS = {
@@ -328,7 +335,7 @@ def single_markdown(result):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments {argv[1:]}; give everything as --flags.")
     try:
         if PAPER.value:
             table = paper_table(SMALL_DENSE_MATCH.value)
@@ -341,9 +348,9 @@ def main(argv):
                        MULTIPLIER.value, FIRST_LAYER_DENSE.value, DENSE_LAYERS.value,
                        UPDATE_FREQ.value, schedule)
     except ValueError as error:
-        raise app.UsageError(str(error)) from error
+        raise UsageError(str(error)) from error
     print(json.dumps(result, indent=1) if JSON.value else single_markdown(result))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

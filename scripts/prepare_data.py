@@ -13,9 +13,11 @@ cifar10 (from ../shared/data/cifar10, a lossy JPEG rebuild).
 import os
 import sys
 
-from absl import app, flags
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [SCRIPTS, os.path.dirname(SCRIPTS)]  # _cli, and rigl without installing it
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import _cli  # noqa: E402 (after the path set-up above)
+from absl import flags  # noqa: E402
 
 DATASET = flags.DEFINE_string("dataset", None, "Dataset name.")
 SOURCE_DIR = flags.DEFINE_string("source_dir", None, "Folder with the original files.")
@@ -25,10 +27,18 @@ flags.mark_flags_as_required(["dataset", "source_dir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from rigl.experiments import prepare
+    from rigl.experiments.errors import UsageError
 
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]}; give everything as --flags.")
+    # Checked here as well as in prepare(), so that a mistake is a usage error (one line).
+    if DATASET.value not in prepare.PREPARABLE:
+        raise UsageError(f"--dataset: {DATASET.value!r} cannot be prepared offline; allowed: "
+                         f"{prepare.PREPARABLE} (imagenet2012 uses TFDS's own manual_dir "
+                         "route).")
+    if not os.path.isdir(os.path.expanduser(SOURCE_DIR.value)):
+        raise UsageError(f"--source_dir: {SOURCE_DIR.value!r} is not a folder.")
     data_dir = DATA_DIR.value or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
         "~/tensorflow_datasets")
     path = prepare.prepare(DATASET.value, os.path.expanduser(SOURCE_DIR.value),
@@ -37,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -20,10 +20,12 @@ documented in rigl/experiments/sweep/grid.py.
 import os
 import sys
 
-from absl import app, flags
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(SCRIPTS)
+sys.path[:0] = [SCRIPTS, ROOT]  # _cli, and rigl without installing it
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+import _cli  # noqa: E402 (after the path set-up above)
+from absl import flags  # noqa: E402
 
 SWEEP = flags.DEFINE_string("sweep", None, "Sweep definition (gin_configs/sweeps/*.gin).")
 RUN_ROOT = flags.DEFINE_string("root", None, "Folder of the run workdirs (default: "
@@ -46,11 +48,16 @@ flags.mark_flag_as_required("sweep")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if AGGREGATE_ONLY.value and DRY_RUN.value:
-        raise app.UsageError("--aggregate_only and --dry_run exclude each other.")
     from rigl.experiments import sweep as sweeps
+    from rigl.experiments.errors import UsageError
+
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]}; give everything as --flags.")
+    if AGGREGATE_ONLY.value and DRY_RUN.value:
+        raise UsageError("--aggregate_only and --dry_run exclude each other.")
+    if not os.path.isfile(SWEEP.value):
+        raise UsageError(f"--sweep: no such file {SWEEP.value!r}; sweeps are in "
+                         "gin_configs/sweeps/.")
 
     repo = os.path.abspath(ROOT)
     try:
@@ -72,12 +79,12 @@ def main(argv):
             print(f"sweep {definition.name}: {len(report.ran)} trained, {len(report.skipped)} "
                   f"already finished, {len(report.failed)} failed, {len(report.left)} left.")
         sweeps.aggregate_sweep(definition, planned, results_dir)
-    except sweeps.SweepError as error:
-        sys.exit(f"error: {error}")
+    except sweeps.SweepError as error:  # a mistake in the sweep file or the results given
+        raise UsageError(str(error)) from error
     if failed:
         sys.exit(f"failed runs: {', '.join(failed)} (see their train.log)")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -15,6 +15,7 @@ from conftest import ROOT
 import rigl
 from rigl.experiments import config as run_config
 from rigl.experiments import models, training
+from rigl.experiments.errors import UsageError
 
 # Experiment configs; gin_configs/sweeps/ holds sweep grids (tests/test_sweep.py).
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
@@ -74,17 +75,50 @@ def test_method_config_composes_with_a_base(config, tmp_path):
 def test_training_bindings_become_one_validated_config():
     """Every ``training.*`` parameter is a TrainConfig field; invalid settings are named
     before anything is built."""
-    names = list(inspect.signature(training.train).parameters)
-    assert names == [field.name for field in dataclasses.fields(run_config.TrainConfig)]
+    names = set(inspect.signature(training.train).parameters)
+    assert names == {field.name for field in dataclasses.fields(run_config.TrainConfig)}
     for bindings, message in [
         (["training.epochs=1", "training.train_steps=5"], "training.train_steps / training.epochs"),
         (["training.method='dense'", "training.dense_layers=['fc1']"], "dense run has no masks"),
         (["training.method='sett'"], "training.method: unknown method 'sett'"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(UsageError, match=message):
             _train([os.path.join("gin_configs", "mnist_lenet300.gin")], bindings, dry_run=True)
-    with pytest.raises(ValueError, match="workdir: required"):
+    with pytest.raises(UsageError, match="workdir: required"):
         _train([os.path.join("gin_configs", "mnist_lenet300.gin")])
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("training.sparsity=1.0", r"training.sparsity` must be a number in \[0, 1\), got 1.0"),
+    ("training.custom_sparsity={'fc1': 1.5}", r"training.custom_sparsity\['fc1'\]"),
+    ("training.distribution='erk2'", "training.distribution: unknown 'erk2'; allowed"),
+    ("training.dataset='mnst'", "training.dataset: unknown 'mnst'; allowed"),
+    ("training.model='lenet'", "training.model: unknown 'lenet'; allowed"),
+    ("training.strategy='mirror'", "training.strategy: unknown 'mirror'; allowed"),
+    ("training.batch_size=0", "training.batch_size: expected an integer >= 1, got 0"),
+    ("training.eval_batch_size=2.5", "training.eval_batch_size: expected an integer >= 1"),
+    ("training.train_steps=0", "training.train_steps: expected an integer >= 1"),
+    ("training.epochs=0", "training.epochs: expected a finite number > 0"),
+    ("training.multiplier=-1", "training.multiplier: expected a finite number > 0"),
+    ("training.eval_every_steps=-5", "training.eval_every_steps: expected an integer >= 0"),
+    ("training.checkpoint_every_steps=0", "training.checkpoint_every_steps: expected an"),
+    ("training.log_every_steps=0", "training.log_every_steps: expected an integer >= 1"),
+    ("training.erk_power_scale=-1", "training.erk_power_scale: expected a finite number >= 0"),
+    ("training.seed=-1", r"training.seed: expected an integer in \[0, 4294967295\]"),
+    ("training.label_smoothing=2", r"training.label_smoothing: expected a number in \[0, 1\]"),
+    ("training.mask_snapshot_steps=[-1]", "training.mask_snapshot_steps: expected an integer"),
+    ("training.verbose=3", r"training.verbose: expected one of \(0, 1, 2\) or None"),
+    ("training.stop_on_nonfinite=-1", "training.stop_on_nonfinite: expected an integer >= 0"),
+    ("training.deterministic=1", "training.deterministic: expected True or False"),
+    ("updater.update_freq=0", "updater.update_freq: must be >= 1, got 0"),
+])
+def test_invalid_bindings_are_usage_errors_naming_them(binding, message):
+    # The training.* ones fail constructing TrainConfig, the updater.* one building the
+    # updater: both before the workdir is touched (a dry run would not write it anyway).
+    length = ["training.epochs=None"] if "train_steps" in binding else []
+    with pytest.raises(UsageError, match=message):
+        _train([os.path.join("gin_configs", "mnist_lenet300.gin")], [binding, *length],
+               dry_run=True)
 
 
 def test_prune_schedule_is_scoped_to_the_prune_method(capsys):

@@ -19,25 +19,32 @@ Gin names (bind them in ``gin_configs/`` or with ``--gin_bindings``):
 
 Where a new setting plugs in: a ``training.*`` setting is a parameter of ``training.train``
 (the gin signature holds its default) and a field of ``TrainConfig`` of the same name
-(documented and validated here); a dataset, model, optimizer, schedule or strategy option is
-a keyword argument of its factory, which gin then knows under that factory's name. Traits of
-a method (masked, dense-to-sparse, FLOPs rule) come from ``rigl.methods``, never from lists
-of names here.
+(documented and validated here: a bad value is a ``UsageError`` naming the binding and what
+is allowed, raised before anything is built or written); a dataset, model, optimizer,
+schedule or strategy option is a keyword argument of its factory, which gin then knows under
+that factory's name. Traits of a method (masked, dense-to-sparse, FLOPs rule) come from
+``rigl.methods``, never from lists of names here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import sys
+from collections.abc import Mapping
 
 import gin
 
 import rigl
 from rigl.experiments import data, models, optim, strategies
+from rigl.experiments.errors import UsageError
 
 # A smoke run (``training.smoke``): a few steps on ``tfds.testing.mock_data`` with small
 # batches (and small ImageNet images), to check a config end to end without its data.
 SMOKE_STEPS, SMOKE_BATCH, SMOKE_EXAMPLES, SMOKE_IMAGE_SIZE = 3, 8, 16, 64
+# ``training.verbose``: silent, a progress bar, one line per log period.
+VERBOSITIES = (0, 1, 2)
 
 get_dataset = gin.external_configurable(data.get_dataset, "dataset",
                                         denylist=["name", "seed", "mock"])
@@ -59,17 +66,22 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
                  grow_init="zeros", initial_sparsity=0.0):
     """The updater of ``method`` (None without masks); its step anchors scale with
     ``multiplier``. Every ``updater.*`` binding goes to ``rigl.get_updater``, which keeps
-    those the method takes."""
+    those the method takes; one it refuses is a ``UsageError`` naming ``updater.<name>``."""
     if rigl.methods.get_method(method, "training.method").updater is None:
         return None
     scale = lambda s: None if s is None else round(s * multiplier)  # noqa: E731
-    return rigl.get_updater(
-        method, ignore_unused=True, sparsity=sparsity, distribution=distribution,
-        custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale,
-        initial_sparsity=initial_sparsity, update_freq=update_freq,
-        begin_step=scale(begin_step), end_step=scale(end_step), drop_fraction=drop_fraction,
-        drop_fraction_decay=drop_fraction_decay, decay_power=decay_power,
-        grow_init=grow_init, seed=seed)
+    try:
+        return rigl.get_updater(
+            method, ignore_unused=True, sparsity=sparsity, distribution=distribution,
+            custom_sparsity=custom_sparsity, erk_power_scale=erk_power_scale,
+            initial_sparsity=initial_sparsity, update_freq=update_freq,
+            begin_step=scale(begin_step), end_step=scale(end_step),
+            drop_fraction=drop_fraction, drop_fraction_decay=drop_fraction_decay,
+            decay_power=decay_power, grow_init=grow_init, seed=seed)
+    except ValueError as error:
+        # The constructors only check their arguments, and the training.* ones were checked
+        # by TrainConfig: what is left is an updater.* binding, named first in the message.
+        raise UsageError(f"updater.{error}") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,7 +89,10 @@ class TrainConfig:
     """The settings of one run (the ``training.*`` bindings), validated at construction.
 
     ``training.train`` builds it from its gin-configured arguments; its signature holds the
-    defaults, so every field is required here. Values are kept as given (a list stays a
+    defaults, so every field is required here (but the newest two, defaulted for callers
+    written before them). Every field is checked at construction, before anything is built
+    or written: a bad value raises ``UsageError`` (a ``ValueError``) naming its
+    ``training.<name>`` binding and what is allowed. Values are kept as given (a list stays a
     list): the run reads them, never changes them.
 
     Attributes:
@@ -144,13 +159,63 @@ class TrainConfig:
     stop_on_nonfinite: int = 10
 
     def __post_init__(self):
-        traits = rigl.methods.get_method(self.method, "training.method")
+        # Everything the user can get wrong is checked here, before the build phase and long
+        # before the workdir is touched: each error is one line naming the gin binding.
+        try:
+            rigl.methods.get_method(self.method, "training.method")
+            rigl.distributions.validate_sparsity(self.sparsity, "training.sparsity")
+            for layer, value in dict(self.custom_sparsity or {}).items():
+                rigl.distributions.validate_sparsity(
+                    value, f"training.custom_sparsity[{layer!r}]")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        _check_choice("training.dataset", self.dataset, sorted(data.DATASETS))
+        _check_choice("training.model", self.model, sorted(models.MODELS))
+        _check_choice("training.distribution", self.distribution,
+                      rigl.distributions.DISTRIBUTIONS)
+        _check_choice("training.strategy", self.strategy, strategies.STRATEGIES)
+        if self.custom_sparsity is not None and not isinstance(self.custom_sparsity, Mapping):
+            raise UsageError("training.custom_sparsity: expected a dict of layer name -> "
+                             f"sparsity, or None; got {self.custom_sparsity!r}.")
+        if not isinstance(self.dense_layers, (tuple, list)) or not all(
+                isinstance(name, str) for name in self.dense_layers):
+            raise UsageError("training.dense_layers: expected a list of layer names, got "
+                             f"{self.dense_layers!r}.")
+        _check_real("training.erk_power_scale", self.erk_power_scale, minimum=0)
         if (self.train_steps is None) == (self.epochs is None):
-            raise ValueError("training.train_steps / training.epochs: set exactly one of them.")
-        if not traits.masked and (self.custom_sparsity or self.dense_layers):
-            raise ValueError("training.custom_sparsity / dense_layers: a dense run has no masks.")
+            raise UsageError("training.train_steps / training.epochs: set exactly one of them.")
+        if self.train_steps is not None:
+            _check_int("training.train_steps", self.train_steps, minimum=1)
+        if self.epochs is not None:
+            _check_real("training.epochs", self.epochs, minimum=0, open_minimum=True)
+        _check_real("training.multiplier", self.multiplier, minimum=0, open_minimum=True)
+        _check_int("training.batch_size", self.batch_size, minimum=1)
+        _check_int("training.eval_batch_size", self.eval_batch_size, minimum=1)
+        if self.eval_every_steps is not None:  # 0, like None: only at the end
+            _check_int("training.eval_every_steps", self.eval_every_steps, minimum=0)
+        _check_int("training.checkpoint_every_steps", self.checkpoint_every_steps, minimum=1)
+        _check_int("training.log_every_steps", self.log_every_steps, minimum=1)
+        # keras.utils.set_random_seed seeds NumPy, which takes [0, 2**32).
+        _check_int("training.seed", self.seed, minimum=0, maximum=2**32 - 1)
+        _check_real("training.label_smoothing", self.label_smoothing, minimum=0, maximum=1)
+        if not isinstance(self.mask_snapshot_steps, (tuple, list)):
+            raise UsageError("training.mask_snapshot_steps: expected a list of steps, got "
+                             f"{self.mask_snapshot_steps!r}.")
+        for step in self.mask_snapshot_steps:
+            _check_int("training.mask_snapshot_steps", step, minimum=0)
+        for name in ("deterministic", "smoke", "dry_run", "force_resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"training.{name}: expected True or False, got "
+                                 f"{getattr(self, name)!r}.")
+        if self.verbose is not None and self.verbose not in VERBOSITIES:
+            raise UsageError(f"training.verbose: expected one of {VERBOSITIES} or None, got "
+                             f"{self.verbose!r}.")
+        _check_int("training.stop_on_nonfinite", self.stop_on_nonfinite, minimum=0)
+        if not self.method_traits.masked and (self.custom_sparsity or self.dense_layers):
+            raise UsageError("training.custom_sparsity / dense_layers: a dense run has no "
+                             "masks.")
         if self.workdir is None and not self.dry_run:
-            raise ValueError("workdir: required unless dry_run.")
+            raise UsageError("workdir: required unless dry_run.")
 
     @property
     def method_traits(self) -> rigl.methods.Method:
@@ -197,3 +262,31 @@ class TrainConfig:
         base_steps = (self.train_steps if self.train_steps is not None
                       else self.epochs * steps_per_epoch)
         return steps_per_epoch, int(round(base_steps * self.multiplier))
+
+
+# ------------------------------------------------------------------------ validation helpers
+# bool is an Integral and a Real too, but True as a step count or a rate is almost surely a
+# slip; every check below refuses it.
+def _check_choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise UsageError(f"{name}: unknown {value!r}; allowed: {tuple(allowed)}.")
+
+
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum or (
+            maximum is not None and value > maximum):
+        allowed = f"an integer >= {minimum}" if maximum is None else (
+            f"an integer in [{minimum}, {maximum}]")
+        raise UsageError(f"{name}: expected {allowed}, got {value!r}.")
+
+
+def _check_real(name: str, value, minimum: float, maximum: float | None = None,
+                open_minimum: bool = False) -> None:
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value) and (value > minimum if open_minimum else value >= minimum)
+          and (maximum is None or value <= maximum))
+    if not ok:
+        low = f"> {minimum}" if open_minimum else f">= {minimum}"
+        allowed = (f"a finite number {low}" if maximum is None
+                   else f"a number in [{minimum}, {maximum}]")
+        raise UsageError(f"{name}: expected {allowed}, got {value!r}.")
