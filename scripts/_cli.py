@@ -89,10 +89,11 @@ def import_tensorflow_quietly() -> None:
         failed = True
         try:
             import tensorflow  # noqa: F401
-            import tensorflow as tf
 
-            # Device set-up prints "failed call to cuInit" on machines without a GPU.
-            tf.config.list_logical_devices("CPU")
+            # No device is touched here: initialising the runtime now would forbid what
+            # the strategies set up later (collective ops for multi_worker, logical CPUs).
+            # The "failed call to cuInit" line of the first device use is an error-level
+            # log, hidden by TF_CPP_MIN_LOG_LEVEL=3.
             failed = False
         finally:
             os.dup2(saved, 2)

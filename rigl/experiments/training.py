@@ -62,6 +62,7 @@ from rigl.experiments.config import (
     make_strategy,
     make_updater,
 )
+from rigl.experiments.errors import UsageError
 from rigl.experiments.workdir import (
     RunLock,
     bindings_from_gin,
@@ -115,8 +116,15 @@ def run(config: TrainConfig) -> dict:
 
 
 def _run(config: TrainConfig) -> dict:
-    # Phase 1: build.
-    experiment = build_experiment(config)
+    # Phase 1: build. Its checks of the user's input (sparsify's layer names, ERK's
+    # feasibility, dataset, model and optimizer options) raise ValueErrors naming the
+    # parameter, before anything is written: they are usage errors.
+    try:
+        experiment = build_experiment(config)
+    except UsageError:
+        raise
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     if config.dry_run:
         if experiment.updater is not None:  # SparseTraining binds it when training
             experiment.updater.bind(experiment.model, experiment.optimizer,
