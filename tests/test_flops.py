@@ -372,3 +372,6 @@ def test_script_paper_table(flops_script):
     text = flops_script.paper_markdown(table)
     assert "| RigL 5x (ERK) | " in text and "| Method | Train 80% | paper |" in text
     assert not math.isnan(table["dense_train_flops"])
+    # The README's copy of the output is the output, verbatim.
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert text.strip() in readme
