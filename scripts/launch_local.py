@@ -231,7 +231,10 @@ def launch(args: Sequence[str], workers: int, port_base: int | None = None,
                 time.sleep(0.1)
         if status == 0:
             # All ended in the same poll: the first failure in worker order, if any.
-            status = next((_exit_status(p.returncode) for p in processes if p.returncode), 0)
+            failed = next((i for i, p in enumerate(processes) if p.returncode), None)
+            if failed is not None:
+                status = _exit_status(processes[failed].returncode)
+                _note(f"worker {failed} exited with status {status}")
     except _Stopped as stopped:
         _note(f"got signal {stopped.signum}; stopping the workers")
         status = 128 + stopped.signum
