@@ -144,6 +144,9 @@ def test_invalid_binding_fails_the_launch(data_dir, tmp_path):
 
 
 def test_two_workers_end_with_identical_masks(data_dir, tmp_path):
+    """The one real multi-worker run of the suite (MultiWorkerMirroredStrategy, two
+    processes): identical masks and weights, chief-only shared files, refusal to resume
+    out of step."""
     import keras  # TensorFlow only for the tests that train
 
     import rigl
@@ -168,4 +171,15 @@ def test_two_workers_end_with_identical_masks(data_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
     results = json.loads((chief / "results.json").read_text())
     assert results["num_replicas"] == 2
-    assert not (other / "results.json").exists()
+    # Only the chief writes the shared files; each other worker owns its folder.
+    assert sorted(p.name for p in other.iterdir() if p.is_file()) == [
+        "eval_log.json", "model.keras", "run.lock", "run_identity.json"]
+    for name in ("config.gin", "operative_config.gin", "results.json", "run_identity.json"):
+        assert (chief / name).exists(), name
+
+    # A worker whose newest checkpoint is damaged would resume at another step than the
+    # chief: the workers stop, naming the steps, instead of training out of step.
+    os.remove(other / "checkpoints" / "ckpt-120.index")
+    result = _launch(_train_args(tmp_path, data_dir, bindings), ["--workers=2"])
+    assert result.returncode != 0
+    assert "this worker (worker_" in result.stderr, result.stderr[-3000:]

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from conftest import ROOT, SHARED
 
 import rigl
-from rigl.experiments import models, prepare, reporting, training
+from rigl.experiments import prepare, reporting, training
 
 BASE_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300.gin")
 DEFAULT_CONFIG = os.path.join(ROOT, "gin_configs", "mnist_lenet300_rigl.gin")
@@ -162,49 +161,8 @@ def test_mirrored_two_replicas_identical_masks(data_dir, tmp_path):
     assert results["measured_sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_multi_worker_two_processes_identical(data_dir, tmp_path):
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
-    processes = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(_script(tmp_path, data_dir, [*SHORT, "training.strategy='multi_worker'"],
-                                 env={"TF_CONFIG": json.dumps(config)}))
-    for process in processes:
-        _finish(process)
-    chief = keras.saving.load_model(tmp_path / "model.keras")
-    other = keras.saving.load_model(tmp_path / "workers" / "worker_1" / "model.keras")
-    initial = rigl.sparsify(models.build_model("lenet300_100", (28, 28, 1), 10), 0.9)
-    assert any(not np.array_equal(a, b) for a, b in
-               zip(rigl.get_masks(initial).values(), rigl.get_masks(chief).values()))
-    for a, b in zip(chief.get_weights(), other.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["num_replicas"] == 2
-    # Only the chief writes the shared files; each worker owns its folder.
-    worker = tmp_path / "workers" / "worker_1"
-    assert sorted(p.name for p in worker.iterdir() if p.is_file()) == [
-        "eval_log.json", "model.keras", "run.lock", "run_identity.json"]
-    for name in ("config.gin", "operative_config.gin", "results.json", "run_identity.json"):
-        assert (tmp_path / name).exists(), name
-
-    # A worker whose newest checkpoint is damaged would resume at another step than the
-    # chief: every worker stops, naming the steps, instead of training out of step.
-    os.remove(worker / "checkpoints" / "ckpt-120.index")
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
-    processes = []
-    for index in range(2):
-        config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(_script(tmp_path, data_dir, [*SHORT, "training.strategy='multi_worker'"],
-                                 env={"TF_CONFIG": json.dumps(config)}))
-    outputs = [_finish_fail(process) for process in processes]
-    assert "this worker (worker_0) from step 120" in outputs[0], outputs[0][-3000:]
-    assert "this worker (worker_1) from step 80" in outputs[1], outputs[1][-3000:]
+# The two-process MultiWorkerMirroredStrategy run is tests/test_launch_local.py's
+# test_two_workers_end_with_identical_masks (through scripts/launch_local.py).
 
 
 def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
