@@ -41,8 +41,10 @@ NOISE = re.compile(
     r"failed call to cuInit|cpu_feature_guard\.cc|To enable the following instructions|"
     r"oneDNN custom operations are on|rebuild TensorFlow with the appropriate compiler")
 
-# Code whose INFO log lines are shown by default: the project's (rigl/, scripts/).
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Code whose INFO log lines are shown by default: the project's (rigl/, scripts/). Not the
+# whole checkout: its .venv holds TensorFlow and TFDS.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_DIRS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("rigl", "scripts"))
 
 
 class ProjectInfoOnly(logging.Filter):
@@ -50,7 +52,7 @@ class ProjectInfoOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or os.path.abspath(
-            record.pathname).startswith(PROJECT + os.sep)
+            record.pathname).startswith(PROJECT_DIRS)
 
 
 # What gin appends to the message of an exception passing through a configurable.

@@ -39,6 +39,10 @@ def main(argv):
                          "route).")
     if not os.path.isdir(os.path.expanduser(SOURCE_DIR.value)):
         raise UsageError(f"--source_dir: {SOURCE_DIR.value!r} is not a folder.")
+    if not _cli.verbose_requested():
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # its download/extract bars report local copies here
     data_dir = DATA_DIR.value or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
         "~/tensorflow_datasets")
     path = prepare.prepare(DATASET.value, os.path.expanduser(SOURCE_DIR.value),
