@@ -66,7 +66,23 @@ def _mask_weight(layer, name, shape):
                             dtype="bool")
 
 
-class MaskedLayerMixin:
+class SavesVariablesByName:
+    """Saves a layer's variables by name: ``_own_variables()`` -> {name: variable}.
+
+    Keras checks that a weights file holds as many entries as the layer has variables; the
+    base classes save kernel and bias only, so layers with more (masked layers, the truly
+    sparse layer) save every one by name. Loading stays each layer's own (what it checks
+    differs).
+    """
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for name, variable in self._own_variables().items():
+            store[name] = variable
+
+
+class MaskedLayerMixin(SavesVariablesByName):
     """Adds the mask weight, the masking constraint and (de)serialisation of the mask.
 
     Subclasses name the attribute that holds their kernel variable in ``_kernel_attr``.
@@ -100,14 +116,6 @@ class MaskedLayerMixin:
         if self.bias is not None:
             variables["bias"] = self.bias
         return variables
-
-    # Keras checks that a weights file holds as many entries as the layer has variables;
-    # the base classes save kernel and bias only, so masked layers save all three by name.
-    def save_own_variables(self, store):
-        if not self.built:
-            return
-        for name, variable in self._own_variables().items():
-            store[name] = variable
 
     def load_own_variables(self, store):
         self._check_load_own_variables(store)

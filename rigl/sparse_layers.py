@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import distributions, seeds
+from rigl.layers import SavesVariablesByName
 
 # ------------------------------------------------------------------------------ kernels
 
@@ -265,7 +266,7 @@ class AliveConstraint(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="rigl")
-class SparseDense(keras.layers.Layer):
+class SparseDense(SavesVariablesByName, keras.layers.Layer):
     """A Dense layer that stores only its active weights (see the module docstring).
 
     Example:
@@ -429,12 +430,6 @@ class SparseDense(keras.layers.Layer):
         if self.bias is not None:
             variables["bias"] = self.bias
         return variables
-
-    def save_own_variables(self, store):
-        if not self.built:
-            return
-        for name, variable in self._own_variables().items():
-            store[name] = variable
 
     def load_own_variables(self, store):
         if not self.built:

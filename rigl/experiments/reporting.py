@@ -31,13 +31,8 @@ import tensorflow as tf
 import rigl
 from rigl.experiments.config import TrainConfig
 
-
-def write_json(path: str, payload) -> None:
-    """Writes ``payload`` to ``path`` atomically (a reader never sees half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+# Every JSON file of a run is written the one atomic way (temporary file, fsync, rename).
+from rigl.experiments.workdir import write_json_atomic as write_json
 
 
 class StepLog:

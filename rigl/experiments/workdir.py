@@ -330,7 +330,7 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, payload) -> None:
     """Writes ``payload`` as indented, key-sorted JSON to ``path`` atomically (see
     ``write_text_atomic``)."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_identity(workdir: str) -> dict | None:
