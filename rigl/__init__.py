@@ -26,6 +26,7 @@ from rigl.masking import (
     total_sparsity,
 )
 from rigl.methods import METHODS, UPDATERS, get_updater
+from rigl.sparse_build import sparse_model
 from rigl.sparse_layers import SparseDense
 from rigl.updaters import (
     SET,
@@ -68,6 +69,7 @@ __all__ = [
     "masked_weights",
     "methods",
     "measured_sparsities",
+    "sparse_model",
     "sparsify",
     "strip",
     "to_masked",

@@ -148,6 +148,55 @@ def _check_names(param: str, names: Iterable[str], known: list[str]) -> None:
             )
 
 
+def plan_sparsities(
+    kernels: Mapping[str, Mapping[str, tuple]],
+    sparsity: float,
+    distribution: str = "uniform",
+    custom_sparsity: Mapping[str, float] | None = None,
+    dense_layers: Iterable[str] = (),
+    erk_power_scale: float = 1.0,
+) -> dict[str, float]:
+    """The sparsity of every sparse kernel, as ``sparsify`` and ``rigl.sparse_model`` give it.
+
+    Validates the arguments (the same errors for both) and applies ``rigl.layer_sparsities``
+    to the kernels of the layers not in ``dense_layers``.
+
+    Args:
+        kernels: layer name -> {weight name -> kernel shape} for every maskable layer, in
+            model order (``rigl.layers.kernel_shapes``).
+        sparsity, distribution, custom_sparsity, dense_layers, erk_power_scale: as
+            ``sparsify``.
+
+    Returns:
+        Weight name -> sparsity for the kernels of the layers not in ``dense_layers``.
+
+    Raises:
+        ValueError: naming the argument, for ``dense_layers`` given as a string, an unknown
+            layer name, a layer both custom and dense, no layer left to sparsify, or a
+            sparsity/distribution the distributions module rejects.
+    """
+    if isinstance(dense_layers, str):
+        raise ValueError(f"dense_layers: expected a list of layer names, got the string "
+                         f"{dense_layers!r}.")
+    dense_layers = list(dense_layers)
+    custom_sparsity = dict(custom_sparsity or {})
+    _check_names("dense_layers", dense_layers, list(kernels))
+    _check_names("custom_sparsity", custom_sparsity,
+                 [name for shapes in kernels.values() for name in shapes])
+    both = sorted(name for name in custom_sparsity if name.split("/")[0] in dense_layers)
+    if both:
+        raise ValueError(f"custom_sparsity: layers {both} are also in dense_layers.")
+    shapes = {name: shape for layer, layer_shapes in kernels.items()
+              if layer not in dense_layers for name, shape in layer_shapes.items()}
+    if not shapes:
+        raise ValueError(
+            "model: has no maskable layer (Dense, Conv2D or DepthwiseConv2D) left to sparsify"
+            + (f" once dense_layers={dense_layers} are excluded." if dense_layers else ".")
+        )
+    return distributions.layer_sparsities(shapes, sparsity, distribution, custom_sparsity,
+                                          erk_power_scale)
+
+
 def sparsify(
     model,
     sparsity: float,
@@ -184,29 +233,12 @@ def sparsify(
             sparsity/distribution the distributions module rejects.
     """
     _check_graph_model(model)
-    if isinstance(dense_layers, str):
-        raise ValueError(f"dense_layers: expected a list of layer names, got the string "
-                         f"{dense_layers!r}.")
-    dense_layers = list(dense_layers)
-    custom_sparsity = dict(custom_sparsity or {})
     maskable = [layer for layer in walk_layers(model) if type(layer) in MASKED_TWINS]
-    _check_names("dense_layers", dense_layers, [layer.name for layer in maskable])
-    _check_names("custom_sparsity", custom_sparsity,
-                 [name for layer in maskable for name in kernel_shapes(layer)])
-    both = sorted(name for name in custom_sparsity if name.split("/")[0] in dense_layers)
-    if both:
-        raise ValueError(f"custom_sparsity: layers {both} are also in dense_layers.")
-    to_mask = [layer for layer in maskable if layer.name not in dense_layers]
-    if not to_mask:
-        raise ValueError(
-            "model: has no maskable layer (Dense, Conv2D or DepthwiseConv2D) left to sparsify"
-            + (f" once dense_layers={dense_layers} are excluded." if dense_layers else ".")
-        )
-    shapes = {name: shape for layer in to_mask for name, shape in kernel_shapes(layer).items()}
-    sparsities = distributions.layer_sparsities(
-        shapes, sparsity, distribution, custom_sparsity, erk_power_scale
-    )
-    masked_names = {layer.name for layer in to_mask}
+    sparsities = plan_sparsities({layer.name: kernel_shapes(layer) for layer in maskable},
+                                 sparsity, distribution, custom_sparsity, dense_layers,
+                                 erk_power_scale)
+    masked_names = {layer.name for layer in maskable
+                    if any(name in sparsities for name in kernel_shapes(layer))}
 
     def clone_layer(layer):
         twin = MASKED_TWINS.get(type(layer)) if layer.name in masked_names else None
