@@ -4,10 +4,11 @@ paper's code used (``google_research/micronet_challenge/counting.py`` via
 ``rigl/sparse_utils.py:get_stats``).
 
 What is counted
-    Only the maskable layers: ``Conv2D``, ``DepthwiseConv2D``, ``Dense`` (plain Keras or rigl's
-    masked twins) and ``GRU``. Batch norm, pooling, residual additions, padding, softmax and the
-    loss are not. Every counted kernel is a *row*, keyed like masks and sparsity maps: the layer
-    name, or ``"<gru>/kernel"`` and ``"<gru>/recurrent_kernel"`` for the two kernels of a GRU.
+    Only the maskable layers: ``Conv2D``, ``DepthwiseConv2D``, ``Dense`` (plain Keras, rigl's
+    masked twins, or ``rigl.SparseDense``: a Dense of its ``kernel_shape``) and ``GRU``. Batch
+    norm, pooling, residual additions, padding, softmax and the loss are not. Every counted
+    kernel is a *row*, keyed like masks and sparsity maps: the layer name, or
+    ``"<gru>/kernel"`` and ``"<gru>/recurrent_kernel"`` for the two kernels of a GRU.
 
 FLOPs of a row (one example, forward pass)
     With ``N_out`` outputs and ``L = fan_in · (1 - s)`` nonzero inputs per output (``s`` the
@@ -41,9 +42,10 @@ FLOPs of a row (one example, forward pass)
       gates' element-wise products are not counted.
 
     The sparsity of a row comes from its real mask (masked layers: ``L`` uses the mask's exact
-    nonzero count), or for a plain layer from a ``{row name: sparsity}`` map, with the nonzero
-    count ``size - floor(s·size)`` that ``rigl.sparsify`` would give, so a plain model with a
-    map counts exactly like the model sparsified with it.
+    nonzero count; a ``SparseDense`` its active count, the same figure, read in O(nnz)), or
+    for a plain layer from a ``{row name: sparsity}`` map, with the nonzero count
+    ``size - floor(s·size)`` that ``rigl.sparsify`` would give, so a plain model with a map
+    counts exactly like the model sparsified with it.
 
 Size
     32 bits per nonzero weight, 1 more bit per weight of a sparse row (its bit mask; a dense row
@@ -76,6 +78,7 @@ import numpy as np
 
 from rigl import distributions, masking, methods
 from rigl.schedules import polynomial_sparsity
+from rigl.sparse_layers import SparseDense
 
 __all__ = [
     "METHODS", "PARAM_BITS", "LayerFlops", "LayerSpec", "average_inference_flops",
@@ -205,8 +208,10 @@ def _layer_specs(layer) -> list[LayerSpec]:
         shape = tuple(int(d) for d in layer.kernel.shape)  # (kh, kw, c_in / groups, c_out)
         return [LayerSpec(layer.name, "Conv2D", shape, math.prod(shape[:-1]),
                           _conv_outputs(layer, shape[-1]), shape[-1])]
-    if isinstance(layer, keras.layers.Dense):
-        shape = tuple(int(d) for d in layer.kernel.shape)  # (fan_in, units)
+    if isinstance(layer, (keras.layers.Dense, SparseDense)):
+        # (fan_in, units); a SparseDense counts as the Dense layer of its kernel shape.
+        shape = (tuple(layer.kernel_shape) if isinstance(layer, SparseDense)
+                 else tuple(int(d) for d in layer.kernel.shape))
         leading = _known_dims(layer, _input_tensor(layer).shape)[:-1]
         return [LayerSpec(layer.name, "Dense", shape, shape[0],
                           math.prod(leading) * shape[1], shape[1])]
@@ -331,18 +336,19 @@ def layer_table(
     """Per-row FLOPs, sparsity, nonzeros and size of ``model``.
 
     The sparsity of a row is taken from, in order: ``masks`` (if it names the row), the
-    model's own mask (masked layers), ``sparsities`` (plain layers), else 0.
+    model's own active count (masked layers' masks, ``SparseDense`` layers' alive entries:
+    ``rigl.masking.active_counts``), ``sparsities`` (plain layers), else 0.
 
     Args:
         model: a built Sequential or functional Keras model with a fixed input shape.
-        sparsities: row name -> sparsity in [0, 1) for plain (unmasked) rows.
+        sparsities: row name -> sparsity in [0, 1) for plain (not sparse) rows.
         masks: row name -> 0/1 array of the kernel's shape, overriding the model's masks
             (e.g. a snapshot saved during training).
         dense: count every row dense, ignoring masks and sparsities.
         param_bits: bits per stored value.
 
     Raises:
-        ValueError: naming the argument, for an unknown row name, a sparsity for a masked row,
+        ValueError: naming the argument, for an unknown row name, a sparsity for a sparse row,
             a sparsity out of [0, 1) or a mask of the wrong shape.
     """
     specs = layer_specs(model)
@@ -353,19 +359,21 @@ def layer_table(
         for name in names:
             if name not in known:
                 raise ValueError(f"{param}: no counted layer named {name!r}; known: {known}.")
-    model_masks = {} if dense else masking.get_masks(model)
-    clash = sorted(set(sparsities) & set(model_masks))
+    # Active counts, not masks: O(nnz) for a SparseDense (no dense mask is made).
+    model_counts = {} if dense else masking.active_counts(model)
+    clash = sorted(set(sparsities) & set(model_counts))
     if clash:
-        raise ValueError(f"sparsities: layers {clash} are masked; their sparsity comes from "
-                         "their masks (pass `masks` to override them).")
+        raise ValueError(f"sparsities: layers {clash} are masked or truly sparse; their "
+                         "sparsity comes from their masks or active connections (pass `masks` "
+                         "to override them).")
     rows = []
     for spec in specs:
         if dense:
             nonzeros = spec.size
         elif spec.name in masks:
             nonzeros = _nonzeros_from_mask(masks[spec.name], spec, "masks")
-        elif spec.name in model_masks:
-            nonzeros = _nonzeros_from_mask(model_masks[spec.name], spec, "model mask")
+        elif spec.name in model_counts:
+            nonzeros = model_counts[spec.name][0]
         else:
             s = _check_fraction(sparsities.get(spec.name, 0.0), f"sparsities['{spec.name}']")
             nonzeros = spec.size - distributions.num_zeros(s, spec.size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import keras
@@ -9,6 +10,7 @@ import numpy as np
 
 from rigl import distributions, seeds
 from rigl.layers import MASKED_TWINS, PLAIN_TWINS, MaskedWeight, is_masked, kernel_shapes
+from rigl.sparse_layers import SparseDense
 
 
 def walk_layers(model) -> list:
@@ -35,41 +37,91 @@ def masked_weights(model) -> list[MaskedWeight]:
     return [weight for layer in masked_layers(model) for weight in layer.masked_weights()]
 
 
+def sparse_weights(model) -> list:
+    """Every sparse kernel of ``model`` in model order, whatever its storage: the
+    ``MaskedWeight``s of masked layers (``masked_weights``) and the ``rigl.SparseDense``
+    layers themselves (truly sparse storage). Each has a ``name``, the key of masks and
+    sparsity maps."""
+    found = []
+    for layer in walk_layers(model):
+        if is_masked(layer):
+            found.extend(layer.masked_weights())
+        elif isinstance(layer, SparseDense):
+            found.append(layer)
+    return found
+
+
+def active_counts(model) -> dict[str, tuple[int, int]]:
+    """Sparse-kernel name -> ``(active connections, kernel size)`` for every sparse kernel.
+
+    O(nnz) for ``SparseDense`` (its ``alive`` flags are counted; no dense mask is made), so
+    it serves a 65,536 × 65,536 layer; a masked kernel's mask is counted.
+    """
+    counts = {}
+    for weight in sparse_weights(model):
+        if isinstance(weight, SparseDense):
+            counts[weight.name] = (weight.active_count(), math.prod(weight.kernel_shape))
+        else:
+            mask = keras.ops.convert_to_numpy(weight.mask)
+            counts[weight.name] = (int(np.count_nonzero(mask)), int(mask.size))
+    return counts
+
+
+def _dense_mask(layer: SparseDense) -> np.ndarray:
+    rows, cols, _ = layer.connections()
+    mask = np.zeros(layer.kernel_shape, bool)
+    mask[rows, cols] = True
+    return mask
+
+
 def get_masks(model) -> dict[str, np.ndarray]:
-    """Masked-weight name -> mask (numpy) for every masked kernel of ``model``."""
-    return {w.name: keras.ops.convert_to_numpy(w.mask) for w in masked_weights(model)}
+    """Sparse-kernel name -> boolean mask (numpy, the kernel's shape) for every sparse kernel.
+
+    Masked kernels give their mask; a ``SparseDense`` gives the dense mask of its active
+    connections, made here: O(n_in · n_out) memory (4.3 GB for a 65,536 × 65,536 layer), so
+    for small models only. To count, use ``active_counts``/``measured_sparsities``, O(nnz).
+    """
+    return {w.name: _dense_mask(w) if isinstance(w, SparseDense)
+            else keras.ops.convert_to_numpy(w.mask) for w in sparse_weights(model)}
 
 
 def measured_sparsities(model) -> dict[str, float]:
-    """Masked-weight name -> fraction of zeros in its mask, for every masked kernel."""
-    return {name: 1.0 - float(np.mean(mask, dtype=np.float64))
-            for name, mask in get_masks(model).items()}
+    """Sparse-kernel name -> fraction of its entries that are not active connections, for
+    every masked kernel and ``SparseDense`` (``active_counts``: O(nnz) for the latter)."""
+    return {name: 1.0 - active / size for name, (active, size) in active_counts(model).items()}
 
 
 def replica_mismatches(model) -> list[str]:
-    """Names of masked layers whose mask differs between the local replicas of a strategy.
+    """Names of sparse kernels whose connections differ between the local replicas of a
+    strategy: a masked kernel's mask, a ``SparseDense``'s ``rows``, ``cols`` and ``alive``.
 
     Always empty without a distribution strategy; a non-empty list means the replicas train
     different networks.
     """
     mismatched = []
-    for weight in masked_weights(model):
-        variable = getattr(weight.mask, "value", weight.mask)
-        strategy = getattr(variable, "_distribute_strategy", None)
-        if strategy is None:
-            continue
-        copies = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
-        if any(not np.array_equal(copies[0], c) for c in copies[1:]):
-            mismatched.append(weight.name)
+    for weight in sparse_weights(model):
+        variables = ((weight.rows, weight.cols, weight.alive) if isinstance(weight, SparseDense)
+                     else (weight.mask,))
+        for variable in variables:
+            variable = getattr(variable, "value", variable)
+            strategy = getattr(variable, "_distribute_strategy", None)
+            if strategy is None:
+                continue
+            copies = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
+            if any(not np.array_equal(copies[0], c) for c in copies[1:]):
+                mismatched.append(weight.name)
+                break
     return mismatched
 
 
 def total_sparsity(model) -> float:
-    """Fraction of zeros over all masks of ``model`` together."""
-    masks = list(get_masks(model).values())
-    if not masks:
-        raise ValueError("model: has no masked layers; call rigl.sparsify(model, ...) first.")
-    return 1.0 - sum(float(m.sum()) for m in masks) / sum(m.size for m in masks)
+    """Fraction of inactive entries over all sparse kernels of ``model`` together (masked
+    and ``SparseDense``; O(nnz) for the latter)."""
+    counts = active_counts(model).values()
+    if not counts:
+        raise ValueError("model: has no masked or sparse layers; call rigl.sparsify(model, "
+                         "...) or build it with rigl.sparse_model first.")
+    return 1.0 - sum(active for active, _ in counts) / sum(size for _, size in counts)
 
 
 def _check_graph_model(model, param: str = "model") -> None:

@@ -44,6 +44,7 @@ def test_nnz_equals_sparsify_then_to_sparse(kwargs):
     for layer in model.layers[1:]:
         is_dense = layer.name in kwargs.get("dense_layers", ())
         assert type(layer) is (keras.layers.Dense if is_dense else rigl.SparseDense)
+    assert rigl.measured_sparsities(model) == rigl.measured_sparsities(reference)
 
 
 def test_model_trains_and_keeps_layer_arguments():

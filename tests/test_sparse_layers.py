@@ -266,3 +266,89 @@ def test_jit_compile_is_refused_with_a_warning():
     with pytest.warns(UserWarning, match="jit_compile"):
         sparse.compile(keras.optimizers.SGD(0.1), loss_fn, jit_compile=True)
     assert sparse.jit_compile is False
+
+
+# ------------------------------------------------------------------------------------------
+# readers and FLOPs see SparseDense
+
+
+def test_readers_count_sparse_dense_like_its_masked_twin():
+    masked = rigl.sparsify(mlp(), 0.75, "erk")
+    sparse = rigl.to_sparse(masked)
+    assert [w.name for w in rigl.sparse_weights(sparse)] == ["h", "o"]
+    assert all(isinstance(w, rigl.SparseDense) for w in rigl.sparse_weights(sparse))
+    assert rigl.masked_layers(sparse) == []  # the name says masked: SparseDense is not
+    assert rigl.measured_sparsities(sparse) == rigl.measured_sparsities(masked)
+    assert rigl.total_sparsity(sparse) == rigl.total_sparsity(masked)
+    masks = rigl.get_masks(sparse)
+    for name, mask in rigl.get_masks(masked).items():
+        assert masks[name].dtype == bool
+        np.testing.assert_array_equal(masks[name], mask)
+    assert rigl.masking.replica_mismatches(sparse) == []
+    # Dead entries are not active connections.
+    layer = sparse.get_layer("h")
+    rows, cols, values = layer.connections()
+    layer.set_connections(rows[:-7], cols[:-7], values[:-7])
+    assert rigl.masking.active_counts(sparse)["h"] == (layer.nnz - 7, 12 * 16)
+    assert rigl.measured_sparsities(sparse)["h"] == 1 - (layer.nnz - 7) / (12 * 16)
+    assert rigl.get_masks(sparse)["h"].sum() == layer.nnz - 7
+
+
+def test_flops_and_size_of_to_sparse_equal_the_masked_models():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 12))  # a Dense applied at each of 5 steps counts every step
+    x = keras.layers.Dense(16, activation="relu", name="h")(inputs)
+    x = keras.layers.Flatten()(x)
+    masked = rigl.sparsify(keras.Model(inputs, keras.layers.Dense(4, name="o")(x)), 0.8, "erk")
+    sparse = rigl.to_sparse(masked)
+    table = [row.as_dict() for row in rigl.flops.layer_table(sparse)]
+    assert table == [row.as_dict() for row in rigl.flops.layer_table(masked)]
+    assert table[0]["outputs"] == 5 * 16 and table[0]["nonzeros"] < table[0]["size"]
+    for figure in (rigl.flops.inference_flops, rigl.flops.dense_inference_flops,
+                   rigl.flops.model_size_mb, rigl.flops.num_params):
+        assert figure(sparse) == figure(masked), figure.__name__
+    assert [s.layer_type for s in rigl.flops.layer_specs(sparse)] == ["Dense", "Dense"]
+    with pytest.raises(ValueError, match="sparsities: layers \\['h'\\] are masked or truly"):
+        rigl.flops.layer_table(sparse, sparsities={"h": 0.5})
+
+
+def test_readers_and_flops_are_o_nnz_for_a_huge_layer():
+    """A 65,536 × 65,536 kernel: its dense bool mask alone would be 4.3 GB."""
+    import tracemalloc
+
+    inputs = keras.Input((65536,))
+    model = keras.Model(inputs, rigl.SparseDense(65536, nnz=1000, name="huge")(inputs))
+    tracemalloc.start()
+    try:
+        assert rigl.measured_sparsities(model) == {"huge": 1 - 1000 / 65536**2}
+        assert rigl.total_sparsity(model) == 1 - 1000 / 65536**2
+        (row,) = rigl.flops.layer_table(model)
+        assert (row.nonzeros, row.size, row.fan_in) == (1000, 65536**2, 65536)
+        assert rigl.flops.inference_flops(model) == (2 * 65536 * 1000 / 65536**2 + 1) * 65536
+        assert rigl.flops.num_params(model) == 1000 + 65536
+        rigl.flops.model_size_mb(model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+
+
+def test_callback_summaries_read_sparse_dense(tmp_path):
+    sparse = rigl.to_sparse(rigl.sparsify(mlp(), 0.75))
+    sparse.compile(keras.optimizers.SGD(0.1), loss_fn)
+    x, y = batch(n=40)
+    callback = rigl.SparseTraining(rigl.SET(update_freq=2, end_step=6),
+                                   log_dir=str(tmp_path))
+    sparse.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[callback])
+    assert len(callback.history) == 4
+    summaries = {}
+    for path in tmp_path.glob("**/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                summaries.setdefault(value.tag, {})[event.step] = float(
+                    tf.make_ndarray(value.tensor))
+    expected = rigl.measured_sparsities(sparse)
+    for name in ("h", "o"):
+        assert sorted(summaries[f"sparsity/{name}"]) == [0, 2, 4, 6]
+        values = list(summaries[f"sparsity/{name}"].values())
+        assert values == pytest.approx([expected[name]] * 4, abs=1e-6)
