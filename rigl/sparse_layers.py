@@ -272,6 +272,7 @@ class SparseDense(SavesVariablesByName, keras.layers.Layer):
     Example:
         >>> layer = rigl.SparseDense(4096, sparsity=0.99, activation="relu")
         >>> sparse = rigl.to_sparse(rigl.sparsify(model, 0.99))  # or convert masked layers
+        >>> big = rigl.sparse_model(build, 0.999, "erk")  # or build a model never dense
 
     Args:
         units: output size.
