@@ -81,8 +81,10 @@ def sampled_product(x, dy, rows, cols):
     A loop over chunks of ``SAMPLED_CHUNK`` entries, compiled with XLA: per chunk, two
     gathers, a multiply and the reduction over the batch. One fused pass over all entries
     would store a ``(batch, nnz)`` product (XLA does not fuse the gathers into the
-    reduction); chunks keep the temporaries at ``(batch, SAMPLED_CHUNK)`` and in cache, and
-    are faster too (docs/truly_sparse.md).
+    reduction); chunks keep the temporaries at ``(SAMPLED_CHUNK, batch)`` and in cache, and
+    are faster too. ``x`` and ``dy`` are transposed once first, so each gather reads
+    contiguous rows of ``batch`` floats instead of a strided column: 2× faster at 1–10%
+    density (docs/truly_sparse.md).
 
     Args:
         x: ``(batch, n_in)``.
@@ -98,10 +100,11 @@ def sampled_product(x, dy, rows, cols):
     pad = n_chunks * chunk - nnz
     rows = tf.reshape(tf.pad(rows, [[0, pad]]), [n_chunks, chunk])
     cols = tf.reshape(tf.pad(cols, [[0, pad]]), [n_chunks, chunk])
+    x_t, dy_t = tf.transpose(x), tf.transpose(dy)
 
     def body(i, products):
         chunk_products = tf.reduce_sum(
-            tf.gather(x, rows[i], axis=1) * tf.gather(dy, cols[i], axis=1), axis=0)
+            tf.gather(x_t, rows[i]) * tf.gather(dy_t, cols[i]), axis=1)
         return i + 1, products.write(i, chunk_products)
 
     _, products = tf.while_loop(

@@ -22,8 +22,8 @@ storage's own business. Two storages exist:
 
 Where a new storage plugs in: subclass ``Storage`` (``view``, ``select``, ``apply``,
 ``active_count`` and the attributes it documents), map its target type to it in
-``STORAGES``, and have ``storages(model)`` list its targets. The updaters and the methods
-(``rigl/updaters.py``, ``rigl/methods.py``) need no change: a storage with
+``STORAGES``, and have ``rigl.masking.sparse_weights(model)`` list its targets. The
+updaters and the methods (``rigl/updaters.py``, ``rigl/methods.py``) need no change: a storage with
 ``blockwise = False`` gives dense views and gets dense scores, one with ``blockwise = True``
 gives stored entries and gets scores of row blocks.
 """
@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import selection
-from rigl.layers import MaskedWeight, is_masked
-from rigl.masking import walk_layers
+from rigl.layers import MaskedWeight
+from rigl.masking import sparse_weights
 from rigl.sparse_layers import SparseDense
 
 
@@ -410,18 +410,7 @@ def storage_for(target) -> Storage:
                     f"{[kind.__name__ for kind in STORAGES]}.")
 
 
-def targets(model) -> list:
-    """Every sparse weight of ``model`` in model order: the ``MaskedWeight``s of masked
-    layers (``rigl.masked_weights``) and the ``SparseDense`` layers themselves."""
-    found = []
-    for layer in walk_layers(model):
-        if is_masked(layer):
-            found.extend(layer.masked_weights())
-        elif isinstance(layer, SparseDense):
-            found.append(layer)
-    return found
-
-
 def storages(model) -> list[Storage]:
-    """A storage for every sparse weight of ``model``, in model order (``targets``)."""
-    return [storage_for(target) for target in targets(model)]
+    """A storage for every sparse weight of ``model``, in model order
+    (``rigl.sparse_weights``)."""
+    return [storage_for(target) for target in sparse_weights(model)]
