@@ -195,6 +195,8 @@ def test_kill_and_resume_equals_uninterrupted(data_dir, tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+# Slow (1 min): a second preparation of MNIST from re-gzipped files.
+@pytest.mark.slow
 def test_prepare_from_recompressed_files_seeds_the_cache(data_dir, tmp_path):
     """Files with the same data in other bytes (as Debian's dataset-fashion-mnist ships) go
     through TFDS's download cache and give the same dataset as the byte-exact originals."""

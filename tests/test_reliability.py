@@ -204,6 +204,9 @@ def test_session_start_makes_tensorboard_drop_what_a_killed_session_wrote(tmp_pa
     assert _scalars(tmp_path) == {"loss": [1, 2, 3, 4, 5, 6]}
 
 
+# Slow (1.5 min): a kill between evaluation and checkpoint; CI keeps the kill-and-resume
+# test of test_pipeline.py.
+@pytest.mark.slow
 def test_evaluation_on_a_checkpoint_step_survives_a_kill(data_dir, tmp_path):
     """Killed after the evaluation of step 160, resumed from the checkpoint of step 120 (also
     evaluated): the eval log and TensorBoard hold every evaluation and every logged step

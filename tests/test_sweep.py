@@ -357,6 +357,8 @@ def test_sweep_progress_from_run_durations():
     assert progress.ended("a", ok=False).endswith("1 failed, 2 to train; elapsed 30s, ETA 1m00s")
 
 
+# Slow (2 min on 2 cores): runs as part of `-m slow`; the cells dry-run above in CI.
+@pytest.mark.slow
 def test_end_to_end_smoke_sweep_through_the_script(tmp_path):
     """scripts/sweep.py: 2 methods × 2 seeds of real (3-step, mock-data) training runs."""
     (tmp_path / "small.gin").write_text(SMALL)
