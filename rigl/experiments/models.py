@@ -6,6 +6,8 @@ DepthwiseConv2D with a stable name, so per-layer sparsity maps (``custom_sparsit
 ``width`` multiplies hidden channel/unit counts, ``weight_decay`` is the L2 on kernels):
 
 * ``lenet300_100``, ``lenet5``: MNIST.
+* ``mlp``: a multilayer perceptron of any hidden widths (option ``hidden``), for the big
+  truly sparse MLPs.
 * ``small_cnn``: a small VGG-style CIFAR network.
 * ``char_gru``: character-level GRU language model (per-position logits).
 * ``resnet50``: ResNet-50 v1.5, the paper's ImageNet model (25.6M parameters, 8.2 GFLOPs).
@@ -32,17 +34,48 @@ def _width(units: int, multiplier: float) -> int:
     return max(1, int(round(units * multiplier)))
 
 
-def lenet300_100(input_shape, num_classes, width=1.0, weight_decay=0.0):
-    """LeNet-300-100: two hidden ReLU layers of 300 and 100 units (LeCun et al. 1998)."""
+def lenet300_100(input_shape, num_classes, width=1.0, weight_decay=0.0,
+                 dense=keras.layers.Dense):
+    """LeNet-300-100: two hidden ReLU layers of 300 and 100 units (LeCun et al. 1998);
+    ``mlp`` with ``hidden=(300, 100)`` under its own name. Layers ``fc1``, ``fc2``,
+    ``logits``; ``dense`` as ``mlp``'s."""
+    return _perceptron(input_shape, num_classes, width, weight_decay, (300, 100), dense,
+                       "lenet300_100")
+
+
+def mlp(input_shape, num_classes, width=1.0, weight_decay=0.0, hidden=(300, 100),
+        dense=keras.layers.Dense):
+    """A multilayer perceptron: flatten, a ReLU Dense layer per entry of ``hidden``, Dense
+    logits. The big-MLP experiments (``gin_configs/big_mlp/``) use it at widths whose dense
+    kernels cannot be allocated.
+
+    Layer names: ``flatten``, ``fc1``, ``fc2``, ... (one per hidden layer), ``logits``.
+
+    Args:
+        input_shape, num_classes, width, weight_decay: as every model (``width`` multiplies
+            the hidden units).
+        hidden: the hidden layers' units (at width 1), one entry per layer; may be empty.
+        dense: the factory of every Dense layer, called as ``dense(units, activation=...,
+            name=..., kernel_regularizer=...)``. ``keras.layers.Dense`` by default; the
+            training pipeline passes ``rigl.sparse_model``'s, which builds ``SparseDense``
+            layers directly (no dense kernel ever exists).
+    """
+    return _perceptron(input_shape, num_classes, width, weight_decay, hidden, dense, "mlp")
+
+
+def _perceptron(input_shape, num_classes, width, weight_decay, hidden, dense, name):
+    if not isinstance(hidden, (list, tuple)) or not all(
+            isinstance(units, int) and not isinstance(units, bool) and units >= 1
+            for units in hidden):
+        raise ValueError(f"model.hidden: expected a list of positive unit counts, got "
+                         f"{hidden!r}.")
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)
-    x = keras.layers.Dense(_width(300, width), activation="relu", name="fc1",
-                           kernel_regularizer=_l2(weight_decay))(x)
-    x = keras.layers.Dense(_width(100, width), activation="relu", name="fc2",
-                           kernel_regularizer=_l2(weight_decay))(x)
-    outputs = keras.layers.Dense(num_classes, name="logits",
-                                 kernel_regularizer=_l2(weight_decay))(x)
-    return keras.Model(inputs, outputs, name="lenet300_100")
+    for i, units in enumerate(hidden, start=1):
+        x = dense(_width(units, width), activation="relu", name=f"fc{i}",
+                  kernel_regularizer=_l2(weight_decay))(x)
+    outputs = dense(num_classes, name="logits", kernel_regularizer=_l2(weight_decay))(x)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def lenet5(input_shape, num_classes, width=1.0, weight_decay=0.0):
@@ -405,6 +438,7 @@ def wrn_22_2(input_shape, num_classes, width=1.0, weight_decay=0.0, dropout=0.3)
 
 MODELS = {
     "lenet300_100": lenet300_100,
+    "mlp": mlp,
     "lenet5": lenet5,
     "small_cnn": small_cnn,
     "char_gru": char_gru,
@@ -414,6 +448,12 @@ MODELS = {
     "wrn_22_2": wrn_22_2,
     "wide_resnet": wide_resnet,
 }
+
+
+def takes_dense(name: str) -> bool:
+    """Whether model ``name`` builds its Dense layers through a ``dense`` factory argument
+    (so that ``rigl.sparse_model`` can build it truly sparse, never densely)."""
+    return "dense" in inspect.signature(MODELS[name]).parameters
 
 
 def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:

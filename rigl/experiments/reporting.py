@@ -67,7 +67,7 @@ class FlopsLog(StepLog):
         self._seen = 0
 
     def measure(self) -> float:
-        return rigl.flops.inference_flops(self.net) if rigl.masked_layers(self.net) else (
+        return rigl.flops.inference_flops(self.net) if has_sparse_layers(self.net) else (
             rigl.flops.dense_inference_flops(self.net))
 
     def after_step(self, step: int, history) -> None:
@@ -86,29 +86,58 @@ class FlopsLog(StepLog):
         return total / span if span > 0 else entries[-1][1]
 
 
+def sparse_dense_layers(net) -> list:
+    """The truly sparse layers (``rigl.SparseDense``) of ``net``, in model order."""
+    return [layer for layer in rigl.masking.walk_layers(net)
+            if isinstance(layer, rigl.SparseDense)]
+
+
+def has_sparse_layers(net) -> bool:
+    """Whether ``net`` has masked or truly sparse layers (a sparsity to measure)."""
+    return bool(rigl.masked_layers(net) or sparse_dense_layers(net))
+
+
+def _connected_units(layer) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a Dense-like layer, which inputs have an outgoing connection and which outputs
+    an incoming one (boolean vectors; O(nnz) for a truly sparse layer); None for a layer
+    without a kernel. Raises ``TypeError`` for a kernel that is not a Dense one."""
+    if isinstance(layer, rigl.SparseDense):
+        rows, cols, _ = layer.connections()
+        n_in, n_out = layer.kernel_shape
+        return (np.bincount(rows, minlength=n_in) > 0), (np.bincount(cols, minlength=n_out) > 0)
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return None
+    if not isinstance(layer, keras.layers.Dense) or len(kernel.shape) != 2:
+        raise TypeError(layer.name)
+    mask = getattr(layer, "mask", None)
+    if mask is None:
+        return np.ones(kernel.shape[0], bool), np.ones(kernel.shape[1], bool)
+    mask = keras.ops.convert_to_numpy(mask) != 0
+    return mask.any(axis=1), mask.any(axis=0)
+
+
 def mlp_units(net) -> list[int] | None:
     """For a multilayer perceptron (every layer with a kernel is a Dense layer and each
     kernel's inputs are the previous one's outputs), the units that keep at least one
     connection, the paper's "final architecture": [input features with an outgoing
     connection, hidden units with both an incoming and an outgoing connection, ..., output
-    units with an incoming connection]. Masked layers count their mask, dense ones every
-    weight. None for any other model."""
-    kernels = []
+    units with an incoming connection]. Masked layers count their mask, truly sparse ones
+    their active connections, dense ones every weight. None for any other model."""
+    layers = []  # per kernel: (inputs with a connection, outputs with a connection)
     for layer in rigl.masking.walk_layers(net):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None:
-            continue
-        if not isinstance(layer, keras.layers.Dense) or len(kernel.shape) != 2:
+        try:
+            connected = _connected_units(layer)
+        except TypeError:
             return None
-        mask = getattr(layer, "mask", None)
-        kernels.append(keras.ops.convert_to_numpy(mask) != 0 if mask is not None
-                       else np.ones(kernel.shape, bool))
-    if not kernels or any(a.shape[1] != b.shape[0] for a, b in zip(kernels, kernels[1:])):
+        if connected is not None:
+            layers.append(connected)
+    if not layers or any(a[1].size != b[0].size for a, b in zip(layers, layers[1:])):
         return None
-    units = [int(kernels[0].any(axis=1).sum())]
-    for incoming, outgoing in zip(kernels, kernels[1:]):
-        units.append(int((incoming.any(axis=0) & outgoing.any(axis=1)).sum()))
-    units.append(int(kernels[-1].any(axis=0).sum()))
+    units = [int(layers[0][0].sum())]
+    for (_, incoming), (outgoing, _) in zip(layers, layers[1:]):
+        units.append(int((incoming & outgoing).sum()))
+    units.append(int(layers[-1][1].sum()))
     return units
 
 
@@ -155,11 +184,40 @@ def flops_results(net, method: rigl.methods.Method, flops_log: FlopsLog, steps: 
             "size_mb": rigl.flops.model_size_mb(net)}
 
 
+def mask_arrays(net) -> dict[str, np.ndarray]:
+    """What a mask snapshot holds, in O(nnz) for truly sparse layers.
+
+    * each masked kernel: its mask under the masked-weight name (``fc1``, ``gru/kernel``);
+    * each ``rigl.SparseDense`` layer ``<name>``: its stored entries ``<name>/rows``,
+      ``<name>/cols`` (int32) and ``<name>/alive`` (bool), and ``<name>/shape``, the
+      kernel's shape; its mask is ``alive`` scattered at ``(rows, cols)`` (``dense_mask``).
+    """
+    arrays = {weight.name: keras.ops.convert_to_numpy(weight.mask)
+              for weight in rigl.masked_weights(net)}
+    for layer in sparse_dense_layers(net):
+        for key in ("rows", "cols", "alive"):
+            arrays[f"{layer.name}/{key}"] = keras.ops.convert_to_numpy(getattr(layer, key))
+        arrays[f"{layer.name}/shape"] = np.asarray(layer.kernel_shape, np.int64)
+    return arrays
+
+
+def dense_mask(snapshot, name: str) -> np.ndarray:
+    """The mask of kernel ``name`` from a mask snapshot (``np.load`` of its file), for
+    masked and truly sparse layers alike (the latter made dense: for small layers)."""
+    if name in snapshot:
+        return np.asarray(snapshot[name])
+    mask = np.zeros(tuple(snapshot[f"{name}/shape"]), bool)
+    alive = np.asarray(snapshot[f"{name}/alive"], bool)
+    mask[snapshot[f"{name}/rows"][alive], snapshot[f"{name}/cols"][alive]] = True
+    return mask
+
+
 def save_masks(out_dir: str, step: int, net) -> None:
-    """Masks at ``step`` (after that many optimizer steps) as ``mask_snapshots/step_N.npz``."""
+    """Masks at ``step`` (after that many optimizer steps) as ``mask_snapshots/step_N.npz``
+    (see ``mask_arrays``)."""
     folder = os.path.join(out_dir, "mask_snapshots")
     os.makedirs(folder, exist_ok=True)
-    np.savez_compressed(os.path.join(folder, f"step_{step}.npz"), **rigl.get_masks(net))
+    np.savez_compressed(os.path.join(folder, f"step_{step}.npz"), **mask_arrays(net))
 
 
 def write_scalars(writer, step: int, metrics: dict) -> None:
@@ -190,7 +248,7 @@ def run_results(config: TrainConfig, net, *, steps: int, metrics: dict, eval_his
         "dataset": config.dataset, "model": config.model, "method": config.method,
         "distribution": config.distribution if masked else None,
         "sparsity": config.sparsity if masked else 0.0,
-        "measured_sparsity": rigl.total_sparsity(net) if rigl.masked_layers(net) else 0.0,
+        "measured_sparsity": rigl.total_sparsity(net) if has_sparse_layers(net) else 0.0,
         "layer_sparsity": rigl.measured_sparsities(net),
         "mlp_units": mlp_units(net),
         "steps": steps, "multiplier": config.multiplier, "batch_size": config.batch_size,
@@ -465,26 +523,36 @@ class RunReport:
         return results
 
 
+def _kernel_zeros(net):
+    """``(name, kernel shape, zeros)`` of every maskable kernel of ``net`` (masked, truly
+    sparse or dense), counted without a dense tensor for truly sparse layers."""
+    for layer in rigl.masking.walk_layers(net):
+        if isinstance(layer, rigl.SparseDense):
+            size = math.prod(layer.kernel_shape)
+            yield layer.name, layer.kernel_shape, size - layer.active_count()
+        elif rigl.layers.is_masked(layer):
+            for weight in layer.masked_weights():
+                mask = keras.ops.convert_to_numpy(weight.mask)
+                yield weight.name, tuple(mask.shape), int(mask.size - np.count_nonzero(mask))
+        elif type(layer) in rigl.layers.MASKED_TWINS:
+            for name, shape in rigl.layers.kernel_shapes(layer).items():
+                yield name, tuple(shape), 0
+
+
 def describe(net, schedule, updater, total_steps: int, steps_per_epoch: int) -> str:
     """What a run would train: per-layer sparsity table, totals, schedule (dry runs)."""
     targets = getattr(updater, "target_sparsities", None)
-    masks = rigl.get_masks(net)
     rows, total, zeros = [], 0, 0
-    maskable = [layer for layer in rigl.masking.walk_layers(net)
-                if type(layer) in rigl.layers.MASKED_TWINS or rigl.layers.is_masked(layer)]
-    for layer in maskable:
-        for name, shape in rigl.layers.kernel_shapes(layer).items():
-            size = int(np.prod(shape))
-            if name in masks:
-                layer_zeros = int((masks[name] == 0).sum())
-                if targets is not None:  # dense-to-sparse: show where it ends
-                    layer_zeros = rigl.distributions.num_zeros(targets[name], size)
-            else:
-                layer_zeros = 0
-            total, zeros = total + size, zeros + layer_zeros
-            rows.append(f"| {name} | {tuple(shape)} | {layer_zeros / size:.4f} | "
-                        f"{size - layer_zeros} |")
-    lines = [f"model {net.name}: {net.count_params():,} parameters (masks included)", "",
+    for name, shape, layer_zeros in _kernel_zeros(net):
+        size = math.prod(shape)
+        if targets is not None and name in targets:  # dense-to-sparse: show where it ends
+            layer_zeros = rigl.distributions.num_zeros(targets[name], size)
+        total, zeros = total + size, zeros + layer_zeros
+        rows.append(f"| {name} | {tuple(shape)} | {layer_zeros / size:.4f} | "
+                    f"{size - layer_zeros:,} |")
+    stored = ("masks" if not sparse_dense_layers(net) else "masks and positions"
+              if rigl.masked_layers(net) else "positions")
+    lines = [f"model {net.name}: {net.count_params():,} parameters ({stored} included)", "",
              "| layer | kernel shape | sparsity | nonzeros |", "| --- | --- | --- | --- |",
              *rows, "",
              f"maskable kernels: {total:,} weights, {total - zeros:,} nonzero, "

@@ -3,9 +3,10 @@
 ``train`` (gin name ``training``; every gin name is listed in ``rigl.experiments.config``)
 validates its arguments into a ``TrainConfig`` once, then ``run`` goes through the phases:
 
-1. build (``build_experiment``): strategy, seeds, data, the model (narrowed for Small-Dense,
-   then masked), learning-rate schedule, optimizer and updater, as an ``Experiment``. A dry
-   run prints it (``reporting.describe``) and stops here, having written nothing.
+1. build (``build_experiment``): strategy, updater, seeds, data, the model (narrowed for
+   Small-Dense, then masked, or truly sparse with ``training.storage = 'sparse'``),
+   learning-rate schedule and optimizer, as an ``Experiment``. A dry run prints it
+   (``reporting.describe``) and stops here, having written nothing.
 2. train, holding the workdir (``prepare_workdir``: the run's lock, its identity, the gin
    files): the newest intact checkpoint is restored (``TrainCheckpoint``, past damaged
    ones), and ``train_loop`` runs the steps, evaluating and checkpointing on schedule, and
@@ -43,6 +44,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 
 import gin
 import keras
@@ -51,7 +53,7 @@ import tensorflow as tf
 from absl import logging
 
 import rigl
-from rigl.experiments import checkpoints, optim, reporting, strategies
+from rigl.experiments import checkpoints, models, optim, reporting, strategies
 from rigl.experiments.config import (
     SMOKE_EXAMPLES,
     TrainConfig,
@@ -88,7 +90,8 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
           log_every_steps: int = 100, seed: int = 0, strategy: str = "default",
           label_smoothing: float = 0.0, mask_snapshot_steps=(), deterministic: bool = False,
           smoke: bool = False, dry_run: bool = False, verbose: int | None = None,
-          force_resume: bool = False, stop_on_nonfinite: int = 10) -> dict:
+          force_resume: bool = False, stop_on_nonfinite: int = 10,
+          storage: str = "masked", sparse_init: bool = False) -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
     Started again with the same workdir, it resumes from the last checkpoint. Every argument
@@ -216,6 +219,14 @@ def build_experiment(config: TrainConfig) -> Experiment:
     weights, masks and data order.
     """
     strategy = make_strategy(config.strategy)  # first: may configure logical devices
+    # The updater before the model: its bindings (updater.*) are checked before anything
+    # big is built. Bindings scoped by the method name (e.g. `prune/updater.update_freq =
+    # 1000`) apply only to that method: configs set the pruning schedule beside the RigL
+    # one this way.
+    with gin.config_scope(config.method):
+        updater = make_updater(config.method, config.sparsity, config.distribution,
+                               config.custom_sparsity, config.erk_power_scale, config.seed,
+                               config.multiplier, config.storage)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -235,12 +246,6 @@ def build_experiment(config: TrainConfig) -> Experiment:
         train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False,
                                     name="train_seconds")
         skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_mask_updates")
-    # Bindings scoped by the method name (e.g. `prune/updater.update_freq = 1000`) apply
-    # only to that method: configs set the pruning schedule beside the RigL one this way.
-    with gin.config_scope(config.method):
-        updater = make_updater(config.method, config.sparsity, config.distribution,
-                               config.custom_sparsity, config.erk_power_scale, config.seed,
-                               config.multiplier)
     return Experiment(config=config, strategy=strategy, data=spec,
                       steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=net,
                       dense_flops=dense_flops, schedule=schedule, optimizer=optimizer,
@@ -254,9 +259,15 @@ def build_network(config: TrainConfig, input_shape, num_classes: int):
         ``(model, dense_flops)``: for Small-Dense the dense model narrowed to the sparse
         model's parameter count and the full-width model's FLOPs; for a masked method the
         model sparsified (at sparsity 0 for a dense-to-sparse method, whose updater prunes
-        it); otherwise the dense model.
+        it), with truly sparse layers for ``storage="sparse"`` (``build_sparse_network``);
+        otherwise the dense model.
     """
     traits = config.method_traits
+    if config.storage == "sparse":
+        net, dense_flops = build_sparse_network(config, input_shape, num_classes)
+        if config.sparse_init:
+            scale_for_density(net)
+        return net, dense_flops
     if config.narrows_model:
         width = small_dense_width(config.model, input_shape, num_classes, config.sparsity,
                                   config.distribution, config.custom_sparsity,
@@ -272,6 +283,65 @@ def build_network(config: TrainConfig, input_shape, num_classes: int):
         net = rigl.sparsify(
             net, 0.0 if traits.dense_to_sparse else config.sparsity, config.distribution,
             config.custom_sparsity, config.dense_layers, config.erk_power_scale, config.seed)
+        if config.sparse_init:
+            scale_for_density(net)
+    return net, dense_flops
+
+
+def scale_for_density(net) -> None:
+    """Multiplies the initial weights of every sparse kernel of ``net`` by
+    ``1/sqrt(density)`` (``training.sparse_init``): a variance-scaling initializer's
+    variance for the fan-in a unit keeps, ``density · fan_in`` (and fan-out), rather than the
+    dense fans. O(nnz) for ``rigl.SparseDense``; the same on masked storage."""
+    for layer in rigl.masking.walk_layers(net):
+        if isinstance(layer, rigl.SparseDense):
+            density = layer.active_count() / math.prod(layer.kernel_shape)
+            layer.values.assign(layer.values * (1.0 / math.sqrt(density)))
+        elif rigl.layers.is_masked(layer):
+            for weight in layer.masked_weights():
+                density = float(np.mean(keras.ops.convert_to_numpy(weight.mask) != 0))
+                weight.masked_kernel.assign(weight.masked_kernel * (1.0 / math.sqrt(density)))
+
+
+def build_sparse_network(config: TrainConfig, input_shape, num_classes: int):
+    """``build_network`` for ``storage="sparse"``: ``(model, dense_flops)``, the model's
+    Dense layers ``rigl.SparseDense``.
+
+    A model whose factory takes a ``dense`` layer factory (``models.takes_dense``) is built
+    by ``rigl.sparse_model``: no dense kernel ever exists (the 65,536-wide MLP's would not
+    fit in memory), and the dense FLOPs come from the kernel shapes. Its initial positions
+    are drawn in O(nnz), so they differ from the masks of ``storage="masked"`` (the same
+    count per layer). Any other model is built dense, sparsified and converted
+    (``rigl.to_sparse``): the same initial connections as masked storage; its convolutions
+    and GRUs have no sparse form and stay masked (logged).
+    """
+    traits = config.method_traits
+    # A dense-to-sparse method starts with every connection stored; its updater marks the
+    # pruned ones dead (the layers keep their initial nnz of memory).
+    sparsity = 0.0 if traits.dense_to_sparse else config.sparsity
+    options = (sparsity, config.distribution, config.custom_sparsity, config.dense_layers,
+               config.erk_power_scale, config.seed)
+    if models.takes_dense(config.model):
+        net = rigl.sparse_model(
+            lambda dense: build_model(config.model, input_shape, num_classes, dense=dense),
+            *options)
+        dense_flops = rigl.flops.dense_inference_flops(net)
+    else:
+        dense = build_model(config.model, input_shape, num_classes)
+        dense_flops = rigl.flops.dense_inference_flops(dense)
+        with warnings.catch_warnings():
+            # Said once below, in the run's log, with the layers that do become sparse.
+            warnings.filterwarnings("ignore", "to_sparse: layers .* stay masked")
+            net = rigl.to_sparse(rigl.sparsify(dense, *options))
+        del dense
+    sparse = [layer.name for layer in rigl.masking.walk_layers(net)
+              if isinstance(layer, rigl.SparseDense)]
+    masked = [layer.name for layer in rigl.masked_layers(net)]
+    logging.info("training.storage = 'sparse': truly sparse layers %s", ", ".join(sparse))
+    if masked:
+        logging.warning("training.storage = 'sparse': layers %s have no sparse form (only "
+                        "Dense layers do) and stay masked (a dense kernel and mask each).",
+                        ", ".join(masked))
     return net, dense_flops
 
 

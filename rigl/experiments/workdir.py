@@ -23,7 +23,9 @@ others), since every process writes checkpoints there.
 
 Where a new setting plugs in: a setting that cannot change a run's numbers (a log period, a
 display option, a data path) goes into ``DEFAULT_EXCLUDE``, so that changing it on a restart
-is allowed; every other binding is part of the identity automatically.
+is allowed; every other binding is part of the identity automatically (a new one goes into
+``ADDED_BINDINGS`` with the value that keeps what earlier runs did, so their workdirs still
+resume).
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ DEFAULT_EXCLUDE = frozenset({
     "dataset.wikitext_dir",
     "strategy.tpu_address",
 })
+
+# Bindings added after run identities existed, each with the value that does what runs
+# before it did: an identity stored without one of them is read as holding that value, so
+# those runs resume (a run stored with another value still differs).
+ADDED_BINDINGS = {
+    "training.storage": "masked",
+    "training.sparse_init": False,
+}
 
 
 # ---------------------------------------------------------------------------------- lock
@@ -419,7 +429,8 @@ def check_identity(workdir: str, bindings: Mapping[str, object], force: bool = F
                             IDENTITY_FILE)
         write_identity(workdir, bindings)
         return "adopted" if has_checkpoints else "new"
-    changed = differences(stored["bindings"], bindings)
+    added = {name: value for name, value in ADDED_BINDINGS.items() if name in bindings}
+    changed = differences({**added, **stored["bindings"]}, bindings)
     if not changed:
         return "same"
     if not force:
