@@ -19,10 +19,13 @@ Variants are timed in interleaved rounds (each round runs every variant once, in
 order) and the figure is the median over rounds, so that load from other processes on a
 shared machine hits every variant alike; ``min`` is printed too.
 
-``--mode=step`` times whole training steps (``model.train_on_batch``, SGD with momentum) of
-an MLP ``n -> n -> n -> 10`` in masked storage (``rigl.sparsify``), in sparse storage
-(``rigl.to_sparse`` of it) and dense, interleaved the same way; ``--mode=update`` times one
-SET and one RigL update (``updater.update``; RigL's gradient included) in both storages.
+``--mode=step`` times whole training steps (SGD with momentum) of the MLP
+``n -> n -> n -> 10`` of ``scripts/benchmark.py --modes=storage`` in masked storage
+(``rigl.sparsify``), in sparse storage (``rigl.SparseDense``) and dense, one step per window,
+interleaved the same way; ``--mode=update`` times one SET and one RigL update (RigL's gradient
+included) in both storages. Both use ``rigl.experiments.benchmark.storage``, whose mode
+measures the same at several widths and sparsities, with the update's ratio to a step, peak
+memory and the crossover.
 
     TF_CPP_MIN_LOG_LEVEL=3 python scripts/bench_sparse_matmul.py --n=4096 --batch=128 \\
         --densities=0.1,0.01,0.001 --rounds=7 [--mode=kernels|step|update] [--json]
@@ -37,6 +40,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from rigl.experiments.benchmark import storage, workloads
 from rigl.sparse_layers import sampled_product, sparse_matmul
 
 
@@ -135,71 +139,34 @@ def measure(n, batch, density, rounds, names, seed=0):
             "min_ms": {k: 1e3 * float(np.min(v)) for k, v in times.items()}}
 
 
-def _mlp(n, density, seed=0):
-    import keras
-
-    import rigl
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((n,))
-    x = keras.layers.Dense(n, activation="relu", name="h1")(inputs)
-    x = keras.layers.Dense(n, activation="relu", name="h2")(x)
-    dense = keras.Model(inputs, keras.layers.Dense(10, name="out")(x))
-    masked = rigl.sparsify(dense, 1.0 - density, dense_layers=["out"], seed=seed)
-    return {"dense": dense, "masked": masked, "sparse": rigl.to_sparse(masked)}
-
-
-def _compile(model):
-    import keras
-
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=False)
-    return model
-
-
 def measure_steps(n, batch, density, rounds, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, n)).astype(np.float32)
-    y = rng.integers(0, 10, batch)
-    models = {k: _compile(m) for k, m in _mlp(n, density, seed).items()}
-    names = list(models)
-    for model in models.values():
-        model.train_on_batch(x, y)
-    times = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % 3:] + names[:r % 3]:
-            start = time.perf_counter()
-            models[name].train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
+    """Training steps of the storage mode's MLP in its three kinds, one-step windows
+    interleaved over ``rounds`` (``rigl.experiments.benchmark.storage``)."""
+    _, data = workloads.synthetic_batch(batch, (n,), storage.NUM_CLASSES, seed)
+    sparsity = 1.0 - density
+    runners = [storage.StepRunner(kind, None if kind == "dense" else sparsity,
+                                  storage.compile_mlp(storage.build_mlp(
+                                      kind, n, None if kind == "dense" else sparsity, seed),
+                                      False))
+               for kind in storage.KINDS]
+    storage.time_steps(runners, data, storage.StorageSettings(
+        widths=(n,), sparsities=(sparsity,), batch=batch, rounds=rounds, window_steps=1))
     return {"n": n, "batch": batch, "density": density, "mode": "step",
-            "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
-            "min_ms": {k: 1e3 * float(np.min(v)) for k, v in times.items()}}
+            "median_ms": {r.kind: 1e3 * float(np.median(r.windows)) for r in runners},
+            "min_ms": {r.kind: 1e3 * float(np.min(r.windows)) for r in runners}}
 
 
 def measure_updates(n, batch, density, rounds, seed=0):
-    import rigl
-
-    rng = np.random.default_rng(seed)
-    data = (rng.standard_normal((batch, n)).astype(np.float32), rng.integers(0, 10, batch))
-    models = _mlp(n, density, seed)
+    """One SET and one RigL update in masked and sparse storage (``storage.time_updates``:
+    median of ``rounds`` calls after an untimed one; RigL's gradient included)."""
+    data, _ = workloads.synthetic_batch(batch, (n,), storage.NUM_CLASSES, seed)
     times = {}
-    for storage in ("masked", "sparse"):
-        model = _compile(models[storage])
-        model.optimizer.build(model.trainable_variables)
-        for method in ("set", "rigl"):
-            updater = rigl.get_updater(method, update_freq=1, end_step=10 * rounds + 10)
-            updater.bind(model, model.optimizer)
-            updater.update(0, batch=data)  # trace
-            spent = []
-            for r in range(rounds):
-                start = time.perf_counter()
-                updater.update(r + 1, batch=data)
-                spent.append(time.perf_counter() - start)
-            times[f"{storage}_{method}"] = spent
+    for kind in ("masked", "sparse"):
+        model = storage.compile_mlp(storage.build_mlp(kind, n, 1.0 - density, seed), False)
+        for method, timed in storage.time_updates(model, data, repeats=rounds).items():
+            times[f"{kind}_{method}"] = timed["update_s"]
     return {"n": n, "batch": batch, "density": density, "mode": "update",
-            "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
-            "min_ms": {k: 1e3 * float(np.min(v)) for k, v in times.items()}}
+            "median_ms": {k: 1e3 * v for k, v in times.items()}}
 
 
 def main():
@@ -222,8 +189,8 @@ def main():
             print(json.dumps(results, indent=1))
             return
         for r in results:
-            cells = ", ".join(f"{k} {r['median_ms'][k]:.1f} ({r['min_ms'][k]:.1f})"
-                              for k in r["median_ms"])
+            cells = ", ".join(f"{k} {v:.1f}" + (f" ({r['min_ms'][k]:.1f})" if "min_ms" in r
+                                                 else "") for k, v in r["median_ms"].items())
             print(f"n={r['n']} batch={r['batch']} density={r['density']}: {cells} ms")
         return
     results = [measure(args.n, args.batch, d, args.rounds, names) for d in densities]

@@ -6,11 +6,17 @@ the XLA setting and the timing method); this script parses flags and prints the 
 
 Usage::
 
-    python scripts/benchmark.py                         # everything, markdown tables
+    python scripts/benchmark.py                         # the default modes, markdown tables
     python scripts/benchmark.py --json > bench.json     # the same as JSON
     python scripts/benchmark.py --render=bench.json     # its markdown tables, later
     python scripts/benchmark.py --modes=overhead --workloads=lenet300_100
     python scripts/benchmark.py --modes=overhead --workloads=tiny --rounds=2   # seconds
+    python scripts/benchmark.py --modes=storage --json > results/benchmark/storage.json
+    python scripts/benchmark.py --render=results/benchmark/storage.json \
+        > results/benchmark/storage.md
+
+The storage mode (truly sparse storage against masked storage and the dense model, MLPs of
+``--storage_widths`` at ``--storage_sparsities``) is not among the default modes: ask for it.
 
 The peer mode runs ``scripts/benchmark_peer.py`` in a separate venv (tfmot needs Keras 2)::
 
@@ -34,13 +40,14 @@ _cli.start()  # before the first import of rigl, which imports TensorFlow
 
 from absl import flags  # noqa: E402
 
-from rigl.experiments.benchmark import report, suite, workloads  # noqa: E402
+from rigl.experiments.benchmark import report, storage, suite, workloads  # noqa: E402
 from rigl.experiments.errors import UsageError  # noqa: E402
 
 PEER_SCRIPT = os.path.join(ROOT, "scripts", "benchmark_peer.py")
 ALL_VARIANTS = workloads.VARIANTS + workloads.DIAGNOSTIC_VARIANTS
 
-MODES_FLAG = flags.DEFINE_list("modes", list(suite.MODES), f"Modes to run, of {suite.MODES}.")
+MODES_FLAG = flags.DEFINE_list("modes", list(suite.DEFAULT_MODES),
+                               f"Modes to run, of {suite.MODES}.")
 WORKLOADS_FLAG = flags.DEFINE_list(
     "workloads", list(workloads.DEFAULT_WORKLOADS),
     f"Workloads of the overhead mode (and, where they have one, the peer mode), of "
@@ -51,15 +58,52 @@ JIT_COMPILE = flags.DEFINE_enum(
     "jit_compile", "auto", list(workloads.JIT_COMPILE),
     "Compile the training step of every variant with XLA (`model.compile(jit_compile=True)`): "
     "auto = per workload, where it speeds up the plain dense model (LeNet-300-100; not the "
-    "convolutional ones); true/false = every workload. Keras leaves XLA off on CPU.")
+    "convolutional ones); true/false = every workload. Keras leaves XLA off on CPU. Storage "
+    "mode: true compiles the dense and masked models with XLA (the sparse ones have no XLA "
+    "form), auto and false none.")
 SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Sparsity of the sparse variants (uniform).")
 UPDATE_FREQ = flags.DEFINE_integer("update_freq", 100, "ΔT of every updating variant.")
 WINDOW_STEPS = flags.DEFINE_integer("window_steps", None, "Timed steps per window (W); "
-                                    "default: per workload.")
+                                    "default: per workload (storage mode: windows of at "
+                                    "least --storage_window_seconds).")
 ROUNDS = flags.DEFINE_integer("rounds", None, "Timed windows per variant; default: per "
-                              "workload.")
+                              f"workload (storage mode: {storage.StorageSettings.rounds}).")
 WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", None, "Untimed steps at the start of "
-                                    "every window; default: per workload.")
+                                    "every window; default: per workload (storage mode: "
+                                    f"{storage.StorageSettings.warmup_steps}).")
+_STORAGE_DEFAULTS = storage.StorageSettings()
+STORAGE_WIDTHS = flags.DEFINE_list(
+    "storage_widths", [str(w) for w in _STORAGE_DEFAULTS.widths],
+    "Storage mode: widths n of the MLPs n -> n -> n -> 10.")
+STORAGE_SPARSITIES = flags.DEFINE_list(
+    "storage_sparsities", [str(s) for s in _STORAGE_DEFAULTS.sparsities],
+    "Storage mode: sparsities of the two hidden layers, in [0, 1).")
+STORAGE_WINDOW_SECONDS = flags.DEFINE_float(
+    "storage_window_seconds", _STORAGE_DEFAULTS.window_seconds,
+    "Storage mode: the shortest timed window (its steps are set per model), unless "
+    "--window_steps fixes them.")
+STORAGE_FULL_MAX_WIDTH = flags.DEFINE_integer(
+    "storage_full_max_width", _STORAGE_DEFAULTS.full_max_width,
+    "Storage mode: widths up to this are measured in full; wider ones lighter: masked "
+    "storage's step at the highest sparsity only (it does the same dense work at any), "
+    "updates of sparse storage at the highest sparsity only and none of masked storage.")
+STORAGE_UPDATE_METHODS = flags.DEFINE_list(
+    "storage_update_methods", list(_STORAGE_DEFAULTS.update_methods),
+    f"Storage mode: methods whose update is timed, of {storage.UPDATE_METHODS}; empty: none.")
+STORAGE_UPDATE_REPEATS = flags.DEFINE_integer(
+    "storage_update_repeats", _STORAGE_DEFAULTS.update_repeats,
+    "Storage mode: timed calls of each update (after an untimed one).")
+STORAGE_MEMORY_STEPS = flags.DEFINE_integer(
+    "storage_memory_steps", _STORAGE_DEFAULTS.memory_steps,
+    "Storage mode: training steps of each peak-memory process; 0: memory not measured.")
+# Settings field -> the flag that sets it, to name the flag in errors.
+_STORAGE_FLAGS = {
+    "widths": STORAGE_WIDTHS, "sparsities": STORAGE_SPARSITIES,
+    "window_seconds": STORAGE_WINDOW_SECONDS,
+    "full_max_width": STORAGE_FULL_MAX_WIDTH,
+    "update_methods": STORAGE_UPDATE_METHODS, "update_repeats": STORAGE_UPDATE_REPEATS,
+    "memory_steps": STORAGE_MEMORY_STEPS, "rounds": ROUNDS, "window_steps": WINDOW_STEPS,
+    "warmup_steps": WARMUP_STEPS}
 JSON_FLAG = flags.DEFINE_boolean("json", False, "Print JSON instead of markdown tables.")
 RENDER = flags.DEFINE_string("render", None, "Print the markdown tables of a report written "
                              "earlier with --json (this file), and run nothing.")
@@ -83,6 +127,48 @@ def _check(flag: str, names, allowed):
             raise UsageError(f"--{flag}: unknown {name!r}; allowed: {allowed}.")
 
 
+def _numbers(flag, kind) -> tuple:
+    numbers = []
+    for value in flag.value:
+        try:
+            numbers.append(kind(value))
+        except ValueError:
+            raise UsageError(f"--{flag.name}: {value!r} is not "
+                             f"{'an integer' if kind is int else 'a number'}.") from None
+    return tuple(numbers)
+
+
+def _storage_settings(modes) -> storage.StorageSettings | None:
+    """The storage mode's settings from the flags (None if it does not run).
+
+    Raises:
+        UsageError: naming the flag, for a bad value, or a storage flag given without the
+            storage mode.
+    """
+    if "storage" not in modes:
+        given = [flag.name for flag in _STORAGE_FLAGS.values()
+                 if flag.name.startswith("storage_") and flag.present]
+        if given:
+            raise UsageError(f"--{given[0]}: only the storage mode reads it; add storage to "
+                             "--modes.")
+        return None
+    values = {"widths": _numbers(STORAGE_WIDTHS, int),
+              "sparsities": _numbers(STORAGE_SPARSITIES, float),
+              "window_seconds": STORAGE_WINDOW_SECONDS.value,
+              "full_max_width": STORAGE_FULL_MAX_WIDTH.value,
+              "update_methods": tuple(STORAGE_UPDATE_METHODS.value),
+              "update_repeats": STORAGE_UPDATE_REPEATS.value,
+              "memory_steps": STORAGE_MEMORY_STEPS.value}
+    for name in ("rounds", "window_steps", "warmup_steps"):
+        if _STORAGE_FLAGS[name].value is not None:
+            values[name] = _STORAGE_FLAGS[name].value
+    try:
+        return storage.StorageSettings(**values)
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise UsageError(f"--{_STORAGE_FLAGS[field].name}: {message}") from None
+
+
 def _log(message):
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -99,6 +185,7 @@ def main(argv):
     _check("modes", MODES_FLAG.value, suite.MODES)
     _check("workloads", WORKLOADS_FLAG.value, sorted(workloads.WORKLOADS))
     _check("variants", VARIANTS_FLAG.value, ALL_VARIANTS)
+    storage_settings = _storage_settings(MODES_FLAG.value)
     overrides = {key: flag.value for key, flag in zip(
         workloads.OVERRIDABLE, (WINDOW_STEPS, ROUNDS, WARMUP_STEPS)) if flag.value is not None}
     if PEER_WORKER.value:
@@ -113,7 +200,8 @@ def main(argv):
         overrides=overrides, jit_compile=JIT_COMPILE.value, data_dir=DATA_DIR.value,
         mnist_source=MNIST_SOURCE.value, bench_python=BENCH_PYTHON.value,
         peer_worker=PEER_SCRIPT,
-        command=" ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]), log=_log)
+        command=" ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]), log=_log,
+        storage_settings=storage_settings)
     print(json.dumps(result, indent=1) if JSON_FLAG.value else report.markdown(result))
 
 

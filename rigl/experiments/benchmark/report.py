@@ -2,7 +2,7 @@
 
 A report is the JSON dict ``suite.run`` returns (and ``scripts/benchmark.py --json`` prints):
 ``command``, ``machine``, ``jit_compile``, one key per mode run (``overhead``: a list of
-workload results; ``pipeline``; ``peer``), ``seconds``, ``load_average_at_end``,
+workload results; ``pipeline``; ``peer``; ``storage``), ``seconds``, ``load_average_at_end``,
 ``peak_rss_mb``. ``markdown`` renders a report, fresh or read back from its JSON
 (``--render``), to the tables of ``results/benchmark/benchmark.md``.
 
@@ -97,6 +97,125 @@ def _peer_lines(peer, overhead) -> list[str]:
     return lines
 
 
+def _ms(value) -> str:
+    if value is None:
+        return "—"
+    return format(value, ".0f" if value >= 100 else ".1f" if value >= 10 else ".2f")
+
+
+def _ratio(row) -> str:
+    return f"{row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
+
+
+def _storage_lines(storage) -> list[str]:
+    widths = storage["widths"]
+    kinds = [row for w in widths for row in [w["dense"], *w["masked"], *w["sparse"]]]
+    xla = sorted({row["jit_compile"] for row in kinds})
+    window = (f"{storage['window_steps']} steps" if storage["window_steps"] else
+              f"at least {storage['window_seconds']:g} s")
+    lines = [
+        f"**Truly sparse storage** ({storage['model']}; batch {storage['batch']}, "
+        f"{storage['optimizer']}; layers {', '.join(storage['sparse_layers'])} sparse, "
+        f"{', '.join(storage['dense_layers'])} dense in every kind; dense = plain Keras "
+        "`Dense`; masked = `rigl.MaskedDense` (dense kernel and mask, what `rigl.sparsify` "
+        "makes; here `rigl.to_masked` of the sparse model: the same connections); sparse = "
+        "`rigl.SparseDense` (values and positions, built directly); training steps "
+        + ("without XLA" if xla == [False] else "with XLA where a kind supports it")
+        + f". Step: median over {storage['rounds']} rounds of interleaved windows of "
+        f"{window} (a step timed from its batch's start to its end); speedup = the other's "
+        "median step / sparse storage's, in brackets the min–max of the same ratio round by "
+        "round)", "",
+        "| width | sparsity | nnz | dense ms | masked ms | sparse ms | masked / sparse "
+        "| dense / sparse |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for w in widths:
+        masked = {row["sparsity"]: row for row in w["masked"]}
+        for row in w["sparse"]:
+            reference = masked[row["masked_sparsity"]]
+            at = ("" if row["masked_sparsity"] == row["sparsity"]
+                  else f" (at {row['masked_sparsity']})")
+            lines.append(
+                f"| {w['width']:,} | {row['sparsity']} | {row['nnz']:,} | "
+                f"{_ms(w['dense']['step_ms'])} | {_ms(reference['step_ms'])}{at} | "
+                f"{_ms(row['step_ms'])} | {_ratio(row['vs_masked'])} | "
+                f"{_ratio(row['vs_dense'])} |")
+        if len(w["masked"]) < len(w["sparse"]):
+            notes.append(f"At {w['width']:,}, masked storage was timed at "
+                         f"{w['masked'][-1]['sparsity']} only (its step does the same dense "
+                         "work at every sparsity).")
+    lines.append("")
+    if notes:
+        lines += [" ".join(notes), ""]
+    lines += ["Crossover (sparse storage's step against the other's, at the measured "
+              "sparsities):", ""]
+    for w in widths:
+        lines.append(f"- {w['width']:,}: against masked storage, "
+                     f"{w['crossover']['vs_masked']['text']}; against the dense model, "
+                     f"{w['crossover']['vs_dense']['text']}.")
+    lines.append("")
+    if storage["update_methods"]:
+        methods = storage["update_methods"]
+        light = [f"{w['width']:,}" for w in widths if w["width"] > storage["full_max_width"]]
+        lines += ["Update of every sparse layer, called directly (ms, median of "
+                  f"{storage['update_repeats']} after an untimed call; RigL's includes its "
+                  "gradient, in brackets), and its ratio to a step of the same model; masked "
+                  "storage at one sparsity (its update scores every dense position whatever "
+                  "the sparsity)"
+                  + (f"; at {', '.join(light)}, sparse storage at the highest sparsity only "
+                     "and masked storage not timed" if light else "") + ":", "",
+                  "| width | sparsity | storage | "
+                  + " | ".join(f"{m} ms | {m} / step" for m in methods) + " |",
+                  "|---|---|---|" + "---|---|" * len(methods)]
+        for w in widths:
+            for storage_name in ("masked", "sparse"):
+                for row in (r for r in w[storage_name] if "updates" in r):
+                    cells = []
+                    for m in methods:
+                        u = row["updates"][m]
+                        gradient = ("" if u["gradient_ms"] is None
+                                    else f" ({_ms(u['gradient_ms'])})")
+                        cells.append(f"{_ms(u['update_ms'])}{gradient} | "
+                                     f"{u['update_to_step']:.2f}")
+                    lines.append(f"| {w['width']:,} | {row['sparsity']} | {storage_name} | "
+                                 + " | ".join(cells) + " |")
+        lines.append("")
+    if storage["memory_steps"]:
+        lines += [
+            f"Peak memory, one fresh process per row ({storage['memory_steps']} training "
+            "steps; MB = MiB). Peak: the process's peak RSS above its RSS once TensorFlow is "
+            "imported (the build included). Runtime: what training a width-16 model first "
+            "costs the process once (thread pools, traced functions, XLA's compiler). Model "
+            "peak: the training's peak above that. Theory: state = the model's and "
+            "optimizer's variables (17 bytes a sparse entry: value, momentum, row and column, "
+            "alive flag; 9 a masked position; 8 a dense one), activations = 2 · 4 · batch · "
+            "(inputs + units). Target for sparse storage: model peak ≤ 1.5 × (state + "
+            "activations). Masked storage at its highest sparsity only (the same variables "
+            "at every sparsity). Each width's processes run before its models are built "
+            "here.", "",
+            "| width | kind | sparsity | state MB | activations MB | runtime MB | peak MB | "
+            "model peak MB | model peak / theory |", "|---|---|---|---|---|---|---|---|---|"]
+        for w in widths:
+            for kind, rows in (("dense", [w["dense"]]), ("masked", w["masked"]),
+                               ("sparse", w["sparse"])):
+                for row in (r for r in rows if "memory" in r):
+                    m = row["memory"]
+                    sparsity = row.get("sparsity", "—")
+                    if "error" in m:
+                        lines.append(f"| {w['width']:,} | {kind} | {sparsity} | failed: "
+                                     f"{m['error'].splitlines()[-1]} ||||||")
+                        continue
+                    lines.append(
+                        f"| {w['width']:,} | {kind} | {sparsity} | {m['state_mb']:.1f} | "
+                        f"{m['activations_mb']:.1f} | {m['runtime_mb']:.0f} | "
+                        f"{m['peak_mb']:.0f} | {_fmt(m['model_peak_mb'], '.0f')} | "
+                        f"{_fmt(m['model_peak_to_theory'], '.2f')} |")
+        lines.append("")
+    lines.append(f"Storage mode: {storage['seconds']:.0f} s ("
+                 + ", ".join(f"{w['width']:,}: {w['seconds']:.0f} s" for w in widths) + ").")
+    lines.append("")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The markdown tables of ``report`` (no trailing newline)."""
     machine = report["machine"]
@@ -111,6 +230,8 @@ def markdown(report: dict) -> str:
         lines += _pipeline_lines(report["pipeline"])
     if report.get("peer"):
         lines += _peer_lines(report["peer"], report.get("overhead", []))
+    if report.get("storage"):
+        lines += _storage_lines(report["storage"])
     lines.append(f"Command: `{report['command']}`; {report['seconds']:.0f} s; peak RSS "
                  f"{report['peak_rss_mb']:.0f} MB; load average at the end "
                  f"{report['load_average_at_end'][0]:.2f}.")

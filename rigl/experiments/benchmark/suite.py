@@ -4,6 +4,10 @@
 machine, runs each selected mode of ``MODES`` in order, and adds the run's duration, peak
 memory and load average; ``report.markdown`` renders the result.
 
+``storage`` (truly sparse against masked storage and the dense model) is not run by default:
+it takes its own ten minutes or more and is published in its own files
+(``results/benchmark/storage.json`` and ``.md``).
+
 Where a new mode plugs in: its own module beside ``overhead``, ``pipeline`` and ``peer`` with
 one function returning a JSON-able result, its name in ``MODES`` and one line in ``run`` (the
 report key is the mode's name), and its table in ``report.markdown``.
@@ -15,16 +19,18 @@ import os
 import resource
 import time
 
-from rigl.experiments.benchmark import overhead, peer, pipeline, report
+from rigl.experiments.benchmark import overhead, peer, pipeline, report, storage
 
-MODES = ("overhead", "pipeline", "peer")
+MODES = ("overhead", "pipeline", "peer", "storage")
+DEFAULT_MODES = ("overhead", "pipeline", "peer")
 # Above this the CPU is shared with other processes and the figures are noisy.
 _BUSY_LOAD_AVERAGE = 0.7
 
 
 def run(*, modes, workload_names, variants, sparsity: float, update_freq: int,
         overrides: dict, jit_compile: str, data_dir: str | None, mnist_source: str,
-        bench_python: str, peer_worker: str, command: str, log) -> dict:
+        bench_python: str, peer_worker: str, command: str, log,
+        storage_settings: storage.StorageSettings | None = None) -> dict:
     """Runs ``modes`` (of ``MODES``) and returns the report.
 
     Args:
@@ -41,6 +47,8 @@ def run(*, modes, workload_names, variants, sparsity: float, update_freq: int,
         peer_worker: path of ``scripts/benchmark_peer.py`` (peer mode).
         command: the command line, recorded in the report.
         log: prints a progress line.
+        storage_settings: the storage mode's widths, sparsities and durations (None: its
+            defaults).
     """
     started = time.perf_counter()
     result = {"command": command, "machine": report.machine_info(), "jit_compile": jit_compile}
@@ -56,6 +64,9 @@ def run(*, modes, workload_names, variants, sparsity: float, update_freq: int,
     if "peer" in modes:
         result["peer"] = peer.peer_mode(workload_names, sparsity, update_freq, bench_python,
                                         peer_worker, overrides, jit_compile, log)
+    if "storage" in modes:
+        result["storage"] = storage.storage_mode(storage_settings or storage.StorageSettings(),
+                                                 jit_compile, log)
     result["seconds"] = time.perf_counter() - started
     result["load_average_at_end"] = os.getloadavg()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

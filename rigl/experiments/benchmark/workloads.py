@@ -111,7 +111,13 @@ def synthetic(workload: Workload, seed: int = 0):
 
     Every variant trains on the same in-memory batch, so no input pipeline blurs the timing.
     """
+    return synthetic_batch(workload.batch, workload.input_shape, workload.num_classes, seed)
+
+
+def synthetic_batch(batch: int, input_shape: tuple, num_classes: int, seed: int = 0):
+    """One random batch ``(x, y)`` of ``batch`` examples of ``input_shape`` with labels in
+    ``[0, num_classes)``, and a dataset repeating it forever."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(workload.batch, *workload.input_shape)).astype(np.float32)
-    y = rng.integers(0, workload.num_classes, workload.batch).astype(np.int32)
+    x = rng.normal(size=(batch, *input_shape)).astype(np.float32)
+    y = rng.integers(0, num_classes, batch).astype(np.int32)
     return (x, y), tf.data.Dataset.from_tensors((x, y)).repeat()
