@@ -239,7 +239,7 @@ class SparseSelection:
 def _reduce_candidates(positions, scores, k):
     """The ``k`` best of the candidates (ties to the earlier one: candidates are in flat
     order), in flat order."""
-    keep = selection.top_k_mask_sorted(scores, k)
+    keep = selection.top_k_mask(scores, k)
     return tf.boolean_mask(positions, keep), tf.boolean_mask(scores, keep)
 
 
@@ -250,8 +250,8 @@ class SparseStorage(Storage):
     the stored entries (kept = top ``n_active - n_drop`` of the drop scores among alive
     entries, in flat order, so ties break by position as in dense storage). Grow walks the
     kernel in blocks of whole rows: the grow function gives the scores of a block, stored
-    positions kept are excluded, the block's best ``n_grow`` that beat the running k-th best
-    join a candidate buffer, and the buffer is cut back to ``n_grow`` (a stable sort) when
+    positions kept are excluded, the scores that beat the running k-th best join a
+    candidate buffer, and the buffer is cut back to ``n_grow`` (the radix top-k) when
     it outgrows ``2 · n_grow``. The result is exactly the dense selection's: the ``n_grow``
     highest scores among positions not kept, ties to the lower position.
     """
@@ -311,11 +311,11 @@ class SparseStorage(Storage):
             taken = kept_positions[lo:hi] - start
             include = tf.tensor_scatter_nd_update(
                 flat < size, tf.expand_dims(taken, 1), tf.zeros_like(taken, tf.bool))
-            # A score equal to the running k-th best loses to it (it comes later), so only
-            # higher ones can enter.
-            include = tf.logical_and(include, block_scores > threshold)
-            chosen, block_finite = selection.masked_top_k(block_scores, k, include)
-            chosen = tf.logical_and(chosen, include)
+            # Every score above the running k-th best joins the candidates (no top-k per
+            # block: with n_grow in the hundreds of thousands that selection dominated an
+            # update); one equal to it loses to it (it comes later), so it cannot enter.
+            chosen = tf.logical_and(include, block_scores > threshold)
+            block_finite = tf.reduce_all(tf.math.is_finite(block_scores))
             positions = tf.concat([positions, tf.boolean_mask(flat, chosen)], 0)
             scores = tf.concat([scores, tf.boolean_mask(block_scores, chosen)], 0)
 
