@@ -2,7 +2,8 @@
 
 Sparse training is simulated with masks on dense kernels (as in the paper), so the question is
 overhead: the floor is the dense step itself plus, every ΔT steps, one extra gradient (RigL)
-and the drop/grow selection. Three modes, all run by default by ``scripts/benchmark.py``:
+and the drop/grow selection. Four modes, three run by default by ``scripts/benchmark.py``
+(``storage`` on request):
 
 * ``overhead``: each workload's variants (the plain Keras model, the dense floor; the masked
   model, static; SET; SNFS; RigL; gradual pruning) in one process, interleaved and repeated:
@@ -10,6 +11,9 @@ and the drop/grow selection. Three modes, all run by default by ``scripts/benchm
 * ``pipeline``: LeNet-5 fed by the project's TFDS MNIST pipeline against one in-memory batch.
 * ``peer``: tfmot's ``prune_low_magnitude`` as its ratio to its own plain ``tf_keras`` model,
   run by ``scripts/benchmark_peer.py`` in a separate venv (``.venv-bench``: Keras 2).
+* ``storage`` (issue 15): MLPs in truly sparse storage (``rigl.SparseDense``) against masked
+  storage and the plain dense model: step and update times, peak memory in a fresh process
+  per configuration, the crossover sparsity.
 
 XLA. The variants of a workload are all compiled alike: with XLA where it speeds up the plain
 dense model on this CPU (LeNet-300-100, whose step is elementwise passes and small matmuls),
@@ -23,7 +27,8 @@ Modules, one concern each:
 
 * ``workloads``: the workloads, variants and synthetic batch (what is timed).
 * ``harness``: timing windows, interleaved rounds, medians and ratios (how it is timed).
-* ``overhead``, ``pipeline``, ``peer``: the three modes.
+* ``overhead``, ``pipeline``, ``peer``, ``storage``: the modes; ``memory``: the peak memory of
+  one configuration in a fresh process (``storage``).
 * ``suite``: runs the selected modes and assembles the report.
 * ``report``: the machine's description and the markdown of a report (``--render``).
 
