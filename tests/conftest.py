@@ -53,3 +53,21 @@ def script_module(path: str, name: str):
         del sys.modules[name]
         for flag in set(flags.FLAGS) - before:
             delattr(flags.FLAGS, flag)
+
+
+def train_gin(configs, bindings=(), workdir=None, dry_run=False):
+    """``training.train`` under gin ``configs`` and ``bindings`` (quiet), from the repository
+    root (configs include each other by repository-relative paths); gin cleared after."""
+    import gin
+
+    from rigl.experiments import training
+
+    gin.clear_config()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        gin.parse_config_files_and_bindings(list(configs), ["training.verbose=0", *bindings])
+        return training.train(str(workdir) if workdir else None, dry_run=dry_run)
+    finally:
+        os.chdir(cwd)
+        gin.clear_config()

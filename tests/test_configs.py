@@ -6,11 +6,11 @@ import inspect
 import json
 import os
 
-import gin
 import keras
 import numpy as np
 import pytest
 from conftest import ROOT
+from conftest import train_gin as _train
 
 import rigl
 from rigl.experiments import config as run_config
@@ -32,18 +32,6 @@ SMOKE_BINDINGS = {"big_mlp": ["model.hidden=(48, 32)", "training.sparsity=0.9"]}
 
 def smoke_bindings(config: str) -> list[str]:
     return SMOKE_BINDINGS.get(os.path.basename(os.path.dirname(config)), [])
-
-
-def _train(configs, bindings=(), workdir=None, dry_run=False):
-    gin.clear_config()
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # configs include each other by repository-relative paths
-    try:
-        gin.parse_config_files_and_bindings(list(configs), ["training.verbose=0", *bindings])
-        return training.train(str(workdir) if workdir else None, dry_run=dry_run)
-    finally:
-        os.chdir(cwd)
-        gin.clear_config()
 
 
 def test_every_config_is_covered():

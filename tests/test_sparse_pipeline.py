@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import ROOT
+from conftest import train_gin as _train
 
 import rigl
 from rigl.experiments import config as run_config
@@ -26,18 +27,6 @@ BIG_MLP_CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
 # Small enough to smoke-train every big-MLP config in a few seconds (the real widths are
 # dry-run by test_big_mlp_configs_dry_run_at_their_widths).
 TINY = ["model.hidden=(48, 32)", "training.sparsity=0.9"]
-
-
-def _train(configs, bindings=(), workdir=None, dry_run=False):
-    gin.clear_config()
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # configs include each other by repository-relative paths
-    try:
-        gin.parse_config_files_and_bindings(list(configs), ["training.verbose=0", *bindings])
-        return training.train(str(workdir) if workdir else None, dry_run=dry_run)
-    finally:
-        os.chdir(cwd)
-        gin.clear_config()
 
 
 def _config(**fields) -> run_config.TrainConfig:
