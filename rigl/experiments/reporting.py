@@ -94,7 +94,7 @@ def sparse_dense_layers(net) -> list:
 
 def has_sparse_layers(net) -> bool:
     """Whether ``net`` has masked or truly sparse layers (a sparsity to measure)."""
-    return bool(rigl.masked_layers(net) or sparse_dense_layers(net))
+    return bool(rigl.sparse_weights(net))
 
 
 def _connected_units(layer) -> tuple[np.ndarray, np.ndarray] | None:
