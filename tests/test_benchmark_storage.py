@@ -6,6 +6,7 @@ peak-memory process, and flag errors naming the flag."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -214,12 +215,17 @@ def script():
 
 
 def _settings(script, *argv, modes=("storage",)):
+    # Parsing absl's flags sets the "absl" logger's level from --verbosity (WARNING by
+    # default): restore it, or later tests reading INFO logs with caplog see none.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["benchmark.py", *argv])
     try:
         return script._storage_settings(list(modes))
     finally:
         flags.FLAGS.unparse_flags()
+        absl_logger.setLevel(level)
 
 
 def test_flags_make_the_settings(script):
