@@ -334,8 +334,7 @@ def build_sparse_network(config: TrainConfig, input_shape, num_classes: int):
             warnings.filterwarnings("ignore", "to_sparse: layers .* stay masked")
             net = rigl.to_sparse(rigl.sparsify(dense, *options))
         del dense
-    sparse = [layer.name for layer in rigl.masking.walk_layers(net)
-              if isinstance(layer, rigl.SparseDense)]
+    sparse = [layer.name for layer in reporting.sparse_dense_layers(net)]
     masked = [layer.name for layer in rigl.masked_layers(net)]
     logging.info("training.storage = 'sparse': truly sparse layers %s", ", ".join(sparse))
     if masked:
