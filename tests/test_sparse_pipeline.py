@@ -192,7 +192,7 @@ def test_big_mlp_configs_compose():
     os.chdir(ROOT)
     try:
         expected = {
-            "mnist_65536_rigl.gin": ("rigl", (65536, 65536), 0.999, 1200, 200),
+            "mnist_65536_rigl.gin": ("rigl", (65536, 65536), 0.999, 400, 100),
             "mnist_1m_rigl.gin": ("rigl", (1000000,), 0.99, 500, 100),
             "mnist_1m_set.gin": ("set", (1000000,), 0.99, 500, 100),
         }
