@@ -8,6 +8,9 @@ from ``set_batch`` with ``data=SparseTraining.SET_BATCH``.
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import keras
 import tensorflow as tf
 
@@ -64,7 +67,8 @@ class SparseTraining(keras.callbacks.Callback):
             (a custom loop's batch of the current step).
         loss_fn: ``loss_fn(y_true, y_pred)`` for those gradients; default: the compiled loss.
         log_dir: if given, TensorBoard summaries of every layer's sparsity, the drop
-            fraction, the connections changed and the skipped updates are written there.
+            fraction, the connections changed, the skipped updates and each update's wall
+            time (``mask_update/seconds``; also in ``history``) are written there.
         total_steps: training length, for the default ``end_step`` (75% of training); by
             default taken from ``model.fit``'s epochs and steps per epoch.
     """
@@ -170,8 +174,11 @@ class SparseTraining(keras.callbacks.Callback):
             step = true_step
         due = self.updater.last_update_step(step)
         self._last_done = due
+        started = time.perf_counter()
         batch_data = next(self._iterator) if self._iterator is not None else None
         result = self.updater.update(due, batch=batch_data, loss_fn=self.loss_fn)
+        # The result holds host counts: the update has finished on the device.
+        result = dataclasses.replace(result, seconds=time.perf_counter() - started)
         self.history.append(result)
         if self._writer is not None:
             self._write_update(result)
@@ -192,6 +199,7 @@ class SparseTraining(keras.callbacks.Callback):
             for name, count in result.changed.items():
                 tf.summary.scalar(f"connections_changed/{name}", count)
             tf.summary.scalar("mask_update/skipped_updates", self.updater.skipped_updates)
+            tf.summary.scalar("mask_update/seconds", result.seconds)
         self._write_sparsity(result.step)
         self._writer.flush()
 

@@ -57,10 +57,12 @@ from rigl.layers import SavesVariablesByName
 
 def _csr(rows, cols, values, shape):
     """The CSR matrix of the ``shape`` matrix with ``values`` at ``(rows, cols)``, which must
-    be in row-major order (the kernel silently mis-assigns unsorted entries)."""
+    be in row-major order (the kernel silently mis-assigns unsorted entries). ``shape`` may
+    hold tensors (a block's row count)."""
     indices = tf.cast(tf.stack([rows, cols], axis=1), tf.int64)
     return tf.raw_ops.SparseTensorToCSRSparseMatrix(
-        indices=indices, values=values, dense_shape=tf.constant(shape, tf.int64))
+        indices=indices, values=values,
+        dense_shape=tf.cast(tf.stack([shape[0], shape[1]]), tf.int64))
 
 
 def _csr_matmul(csr, dense, transpose_a):
@@ -74,17 +76,22 @@ def _csr_matmul(csr, dense, transpose_a):
 SAMPLED_CHUNK = 1 << 14
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+@tf.function(jit_compile=True)
 def sampled_product(x, dy, rows, cols):
     """``(xᵀ · dy)[rows[k], cols[k]]`` for every k: the weight gradient at active positions.
 
     A loop over chunks of ``SAMPLED_CHUNK`` entries, compiled with XLA: per chunk, two
-    gathers, a multiply and the reduction over the batch. One fused pass over all entries
-    would store a ``(batch, nnz)`` product (XLA does not fuse the gathers into the
-    reduction); chunks keep the temporaries at ``(SAMPLED_CHUNK, batch)`` and in cache, and
-    are faster too. ``x`` and ``dy`` are transposed once first, so each gather reads
-    contiguous rows of ``batch`` floats instead of a strided column: 2× faster at 1–10%
-    density (docs/truly_sparse.md).
+    gathers, a multiply and the reduction over the batch, written into the ``(nnz,)`` result
+    in place. One fused pass over all entries would store a ``(batch, nnz)`` product (XLA does
+    not fuse the gathers into the reduction); chunks keep the temporaries at
+    ``(SAMPLED_CHUNK, batch)`` and in cache, and are faster too. ``x`` and ``dy`` are
+    transposed once first, so each gather reads contiguous rows of ``batch`` floats instead
+    of a strided column: 2× faster at 1–10% density (docs/truly_sparse.md). Nothing of
+    size nnz is made but the result: the last chunk ends at the last entry and overlaps the
+    one before (those entries are written twice, with the same value) instead of padding
+    ``rows`` and ``cols`` (8 bytes an entry).
+
+    Traced once per shape (a model has few layers): ``rows`` needs a static length.
 
     Args:
         x: ``(batch, n_in)``.
@@ -94,25 +101,45 @@ def sampled_product(x, dy, rows, cols):
     Returns:
         ``(nnz,)``.
     """
-    nnz = tf.shape(rows)[0]
-    # A layer smaller than a chunk is one chunk of its own size: padding 1k entries to 16k
-    # cost a 16 ms floor per layer and step.
-    chunk = min(SAMPLED_CHUNK, max(1, int(rows.shape[0] or SAMPLED_CHUNK)))
-    n_chunks = (nnz + chunk - 1) // chunk
-    pad = n_chunks * chunk - nnz
-    rows = tf.reshape(tf.pad(rows, [[0, pad]]), [n_chunks, chunk])
-    cols = tf.reshape(tf.pad(cols, [[0, pad]]), [n_chunks, chunk])
+    nnz = rows.shape[0]
+    if nnz is None:
+        raise ValueError("sampled_product: rows and cols need a static length.")
+    if nnz == 0:
+        return tf.zeros([0], x.dtype)
+    # A layer smaller than a chunk is one chunk of its own size.
+    chunk = min(SAMPLED_CHUNK, nnz)
+    n_chunks = -(-nnz // chunk)
     x_t, dy_t = tf.transpose(x), tf.transpose(dy)
 
     def body(i, products):
-        chunk_products = tf.reduce_sum(
-            tf.gather(x_t, rows[i]) * tf.gather(dy_t, cols[i]), axis=1)
-        return i + 1, products.write(i, chunk_products)
+        start = tf.minimum(i * chunk, nnz - chunk)
+        products_chunk = tf.reduce_sum(
+            tf.gather(x_t, tf.slice(rows, [start], [chunk]))
+            * tf.gather(dy_t, tf.slice(cols, [start], [chunk])), axis=1)
+        at = (start + tf.range(chunk))[:, None]
+        return i + 1, tf.tensor_scatter_nd_update(products, at, products_chunk)
 
-    _, products = tf.while_loop(
-        lambda i, _: i < n_chunks, body,
-        (0, tf.TensorArray(x.dtype, size=n_chunks, element_shape=[chunk])))
-    return tf.reshape(products.stack(), [-1])[:nnz]
+    _, products = tf.while_loop(lambda i, _: i < n_chunks, body,
+                                (tf.constant(0), tf.zeros([nnz], x.dtype)))
+    return products
+
+
+# Entries per block of a layer's CSR product (``sparse_matmul``): the conversion's int64
+# indices (16 bytes an entry) and the CSR matrix (8) exist for one block at a time.
+CSR_BLOCK = 1 << 20
+# A layer is cut into row blocks only while each block holds at least this many entries per
+# output column: every block adds one pass over the (batch, n_out) output, which must stay
+# small next to the block's own product (nnz_block · batch).
+_MIN_BLOCK_ENTRIES_PER_OUTPUT = 16
+
+
+def row_blocks(nnz: int, shape) -> int:
+    """How many row blocks ``sparse_matmul`` cuts a layer of ``nnz`` entries into: one block
+    per ``CSR_BLOCK`` entries, as long as a block keeps at least 16 entries per output
+    column (a wide output, as in a 784 -> 1,000,000 layer, stays one block)."""
+    n_in, n_out = shape
+    per_block = max(CSR_BLOCK, _MIN_BLOCK_ENTRIES_PER_OUTPUT * n_out)
+    return max(1, min(n_in, -(-nnz // per_block)))
 
 
 def sparse_matmul(x, values, rows, cols, shape):
@@ -120,6 +147,16 @@ def sparse_matmul(x, values, rows, cols, shape):
 
     A ``tf.custom_gradient`` op: gradients for ``x`` (``dy @ Wᵀ``) and for ``values``
     (``sampled_product``), none for the positions.
+
+    A layer of at most ``CSR_BLOCK`` entries (or a wide one, ``row_blocks``) is one CSR
+    matrix, built in the forward pass and kept for the input gradient. A bigger one is cut
+    into blocks of consecutive rows (a contiguous range of its row-major entries each): the
+    forward pass sums the blocks' products, the backward pass builds each block's CSR again
+    and concatenates its slice of ``dx``. One block's conversion temporaries and CSR exist
+    at a time (a ``tf.while_loop`` without parallel iterations), none is kept between the
+    passes: the step's memory beyond the layer's state stays O(CSR_BLOCK), where one CSR
+    matrix of the whole layer, its int64 indices and the kept CSR cost 32 bytes per entry,
+    twice the layer's own 17 (docs/truly_sparse.md).
 
     Args:
         x: ``(batch, n_in)`` float.
@@ -131,6 +168,10 @@ def sparse_matmul(x, values, rows, cols, shape):
         ``(batch, n_out)``.
     """
     shape = tuple(int(d) for d in shape)
+    nnz = rows.shape[0]
+    n_blocks = 1 if nnz is None else row_blocks(int(nnz), shape)
+    if n_blocks > 1:
+        return _blocked_matmul(x, values, rows, cols, shape, n_blocks)
 
     @tf.custom_gradient
     def product(x, values):
@@ -140,6 +181,56 @@ def sparse_matmul(x, values, rows, cols, shape):
 
         def grad(dy):
             dx = _csr_matmul(csr, dy, transpose_a=False)
+            dx.set_shape(x.shape)
+            return dx, sampled_product(x, dy, rows, cols)
+
+        return y, grad
+
+    return product(x, values)
+
+
+def _blocked_matmul(x, values, rows, cols, shape, n_blocks):
+    """``sparse_matmul`` in ``n_blocks`` blocks of consecutive rows (see there)."""
+    n_in, n_out = shape
+    block_rows = -(-n_in // n_blocks)
+    n_blocks = -(-n_in // block_rows)
+    # Entry ranges: block i holds entries starts[i]:starts[i + 1] (rows are sorted).
+    edges = tf.constant([min(i * block_rows, n_in) for i in range(n_blocks + 1)], rows.dtype)
+    starts = tf.searchsorted(rows, edges, side="left")
+
+    def block_csr(i, values):
+        r0 = i * block_rows
+        r1 = tf.minimum(r0 + block_rows, n_in)
+        e0, e1 = starts[i], starts[i + 1]
+        csr = _csr(rows[e0:e1] - r0, cols[e0:e1], values[e0:e1], (r1 - r0, n_out))
+        return csr, r0, r1
+
+    def loop(body, initial):
+        return tf.while_loop(lambda i, _: i < n_blocks, body, (tf.constant(0), initial),
+                             parallel_iterations=1)[1]
+
+    @tf.custom_gradient
+    def product(x, values):
+        def forward(i, y_t):
+            csr, r0, r1 = block_csr(i, values)
+            # (n_out, batch): this block's rows of W, transposed, times its columns of x.
+            part = tf.raw_ops.SparseMatrixMatMul(a=csr, b=x[:, r0:r1], transpose_a=True,
+                                                 transpose_b=True)
+            return i + 1, y_t + part
+
+        y_t = loop(forward, tf.zeros([n_out, tf.shape(x)[0]], x.dtype))
+        y = tf.transpose(y_t)
+        y.set_shape([x.shape[0], n_out])
+
+        def grad(dy):
+            def backward(i, parts):
+                csr, _, _ = block_csr(i, values)
+                # (rows of the block, batch): this block's slice of dxᵀ.
+                part = tf.raw_ops.SparseMatrixMatMul(a=csr, b=dy, transpose_b=True)
+                return i + 1, parts.write(i, part)
+
+            parts = loop(backward, tf.TensorArray(x.dtype, size=n_blocks, infer_shape=False))
+            dx = tf.transpose(parts.concat())
             dx.set_shape(x.shape)
             return dx, sampled_product(x, dy, rows, cols)
 
@@ -224,8 +315,31 @@ def random_positions(kernel_shape, nnz, seed, name):
     order, drawn from ``(seed, crc32(name))`` in O(nnz) memory (no dense mask)."""
     n_in, n_out = kernel_shape
     rng = np.random.default_rng(seeds.layer_seed(seed, name))
-    flat = np.sort(rng.choice(n_in * n_out, size=nnz, replace=False))
+    size = n_in * n_out
+    if nnz <= size // 50:
+        # NumPy draws these with a set of the chosen (O(nnz)); at a higher density it
+        # permutes the whole population (8 bytes a position: 2.1 GB for a 16,384² kernel).
+        flat = np.sort(rng.choice(size, size=nnz, replace=False))
+    else:
+        flat = _distinct_sorted(rng, size, nnz)
     return (flat // n_out).astype(np.int32), (flat % n_out).astype(np.int32)
+
+
+def _distinct_sorted(rng, size, k):
+    """``k`` distinct integers of ``[0, size)``, sorted, uniformly among all such sets, in
+    O(k) memory: uniform draws deduplicated until ``k`` are distinct, then ``k`` of them
+    chosen at random (for ``k`` over half of ``size``: the complement of ``size - k``).
+    Every step treats all positions alike, so every set of ``k`` is equally likely."""
+    if k > size // 2:
+        return np.setdiff1d(np.arange(size, dtype=np.int64),
+                            _distinct_sorted(rng, size, size - k), assume_unique=True)
+    flat = np.unique(rng.integers(0, size, size=k, dtype=np.int64))
+    while flat.size < k:
+        flat = np.union1d(flat, rng.integers(0, size, size=2 * (k - flat.size),
+                                             dtype=np.int64))
+    if flat.size > k:
+        flat = np.sort(rng.choice(flat, size=k, replace=False))
+    return flat
 
 
 def check_positions(rows, cols, kernel_shape, layer_name):

@@ -135,12 +135,15 @@ class UpdateResult:
         drop_fraction: f(step) (0 for updaters without a drop fraction).
         changed: layer name -> number of connections that are new after the update.
         skipped: True when NaN/Inf weights or scores made the update a no-op.
+        seconds: wall time of the update, its gradient batch included, as timed by the
+            caller (``rigl.SparseTraining``); None when nobody timed it.
     """
 
     step: int
     drop_fraction: float
     changed: dict[str, int]
     skipped: bool
+    seconds: float | None = None
 
 
 def floor_count(fraction, n):

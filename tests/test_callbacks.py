@@ -167,6 +167,9 @@ def test_tensorboard_summaries(tmp_path):
             0.15 * (1 + np.cos(np.pi * result.step / 100)), abs=1e-6)
         assert events["mask_update/connections_changed"][result.step] == sum(
             result.changed.values())
+        assert result.seconds > 0
+        assert events["mask_update/seconds"][result.step] == pytest.approx(result.seconds,
+                                                                           rel=1e-6)
     for name in ("h", "o"):
         for value in events[f"sparsity/{name}"].values():
             assert value == pytest.approx(num_zeros(0.5, SIZES[name]) / SIZES[name], abs=1e-6)

@@ -78,6 +78,10 @@ def test_default_config_reaches_97_percent(data_dir, tmp_path):
                   "gin_config"):
         assert field in saved, field
     assert saved["steps"] == 3000 and saved["method"] == "rigl" and saved["dataset"] == "mnist"
+    # One timed update every 100 steps until 75% of the 3,000.
+    assert len(saved["mask_update_seconds"]) >= 22
+    assert all(seconds > 0 for seconds in saved["mask_update_seconds"])
+    assert 0 < saved["mask_update_share"] < 1
     assert "training.method = 'rigl'" in saved["gin_config"]
     assert (tmp_path / "operative_config.gin").exists()
     assert "training.method = 'rigl'" in (tmp_path / "config.gin").read_text()

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import rigl
+from rigl import sparse_layers
 from rigl.optimizer_state import slots
 from rigl.sparse_layers import sparse_matmul
 
@@ -107,6 +108,47 @@ def test_sparse_matmul_matches_dense_product_and_gradients():
     np.testing.assert_allclose(tape.gradient(loss, x).numpy(), dy @ kernel.T, rtol=1e-5)
     np.testing.assert_allclose(tape.gradient(loss, v).numpy(), (x.numpy().T @ dy)[rows, cols],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 4, 7, 1000])
+def test_sparse_matmul_in_row_blocks_matches_the_dense_product(monkeypatch, block):
+    """A layer cut into row blocks (blocks of 1 to all rows, an empty row included) gives
+    the dense product and gradients, eagerly and inside a tf.function."""
+    monkeypatch.setattr(sparse_layers, "CSR_BLOCK", block)
+    monkeypatch.setattr(sparse_layers, "_MIN_BLOCK_ENTRIES_PER_OUTPUT", 0)
+    rng = np.random.default_rng(4)
+    shape = (11, 6)
+    mask = rng.random(shape) < 0.4
+    mask[3] = False  # a row without entries: an empty block when blocks are one row
+    rows, cols = np.nonzero(mask)
+    values = rng.standard_normal(rows.size).astype("float32")
+    kernel = np.zeros(shape, "float32")
+    kernel[rows, cols] = values
+    assert sparse_layers.row_blocks(rows.size, shape) == min(11, -(-rows.size // block))
+    x = tf.constant(rng.standard_normal((5, 11)).astype("float32"))
+    weights = tf.constant(rng.standard_normal((5, 6)).astype("float32"))
+
+    def run(x, v):
+        with tf.GradientTape() as tape:
+            tape.watch([x, v])
+            y = sparse_matmul(x, v, tf.constant(rows, tf.int32), tf.constant(cols, tf.int32),
+                              shape)
+            loss = tf.reduce_sum(y * weights)
+        return (y,) + tuple(tape.gradient(loss, [x, v]))
+
+    for fn in (run, tf.function(run)):
+        y, dx, dv = fn(x, tf.constant(values))
+        np.testing.assert_allclose(y.numpy(), x.numpy() @ kernel, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dx.numpy(), weights.numpy() @ kernel.T, rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(dv.numpy(), (x.numpy().T @ weights.numpy())[rows, cols],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_row_blocks_keep_a_wide_output_in_one_block():
+    assert sparse_layers.row_blocks(2_000_000, (4096, 4096)) == 2
+    assert sparse_layers.row_blocks(2_000_000, (4096, 1_000_000)) == 1
+    assert sparse_layers.row_blocks(1000, (4096, 4096)) == 1
 
 
 def test_leading_dimensions_are_flattened():
@@ -352,3 +394,22 @@ def test_callback_summaries_read_sparse_dense(tmp_path):
         assert sorted(summaries[f"sparsity/{name}"]) == [0, 2, 4, 6]
         values = list(summaries[f"sparsity/{name}"].values())
         assert values == pytest.approx([expected[name]] * 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.8, 1.0])
+def test_random_positions_are_distinct_sorted_and_uniform(density):
+    """Every branch of the draw (NumPy's below 2% density, deduplicated draws above, the
+    complement above half) gives nnz distinct row-major positions, each position equally
+    often over many draws."""
+    shape = (20, 30)
+    nnz = int(density * 600)
+    counts = np.zeros(600)
+    for seed in range(300):
+        rows, cols = sparse_layers.random_positions(shape, nnz, seed, "layer")
+        flat = rows.astype(np.int64) * 30 + cols
+        assert rows.dtype == cols.dtype == np.int32 and flat.size == nnz
+        assert np.all(np.diff(flat) > 0) and flat[0] >= 0 and flat[-1] < 600
+        counts[flat] += 1
+    expected = 300 * density
+    # Binomial(300, density) per position: 6 standard deviations.
+    assert np.all(np.abs(counts - expected) <= 6 * np.sqrt(300 * density * (1 - density)) + 1e-9)

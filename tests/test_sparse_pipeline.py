@@ -193,8 +193,8 @@ def test_big_mlp_configs_compose():
     try:
         expected = {
             "mnist_65536_rigl.gin": ("rigl", (65536, 65536), 0.999, 400, 100),
-            "mnist_1m_rigl.gin": ("rigl", (1000000,), 0.99, 500, 100),
-            "mnist_1m_set.gin": ("set", (1000000,), 0.99, 500, 100),
+            "mnist_1m_rigl.gin": ("rigl", (1000000,), 0.99, 120, 30),
+            "mnist_1m_set.gin": ("set", (1000000,), 0.99, 120, 30),
         }
         for name, (method, hidden, sparsity, steps, update_freq) in expected.items():
             gin.clear_config()

@@ -263,6 +263,18 @@ def run_results(config: TrainConfig, net, *, steps: int, metrics: dict, eval_his
     }
 
 
+def update_times(history, session) -> dict:
+    """The mask updates' cost in this session: ``mask_update_seconds``, each update's wall
+    time (its gradient included), and ``mask_update_share``, their sum over the session's
+    wall time from ``begin`` to its last step (None without updates). A resumed run reports
+    its last session only."""
+    seconds = [r.seconds for r in history if r.seconds is not None]
+    began, ended = session
+    share = (sum(seconds) / (ended - began) if seconds and ended is not None and ended > began
+             else None)
+    return {"mask_update_seconds": seconds, "mask_update_share": share}
+
+
 def summary_line(results: dict, workdir: str) -> str:
     """The one line a finished run prints: its score, sparsity, length and time."""
     metric = ("test_accuracy", "test accuracy") if "test_accuracy" in results else (
@@ -445,12 +457,16 @@ class RunReport:
         self.eval_log = StepLog(os.path.join(out_dir, "eval_log.json"), start_step)
         self.snapshot_steps = set(config.mask_snapshot_steps)
         self.start_step = start_step
+        # This session's mask updates and [start, last step] clock (update_times).
+        self._updates = ()
+        self._session = [time.perf_counter(), None]
 
     def begin(self) -> None:
         """Before the first step (and before the updater binds): the initial masks."""
         if self.start_step == 0 and 0 in self.snapshot_steps:
             save_masks(self.out_dir, 0, self.net)
         self.progress.begin()
+        self._session = [time.perf_counter(), None]
 
     def step_done(self, step: int, loss, correct, update_history=()) -> None:
         """After optimizer step ``step`` (1-based): the step log every ``log_every_steps``
@@ -459,6 +475,8 @@ class RunReport:
         update (``update_history``: the callback's results so far), and the mask snapshot
         if one is due."""
         self.progress.step_done(step)
+        self._session[1] = time.perf_counter()
+        self._updates = update_history
         logged = step % self.config.log_every_steps == 0 or step == self.total_steps
         if logged or (self.progress.verbosity and step == self.progress.first_step):
             loss, accuracy = float(loss), float(correct) / self.examples_per_step
@@ -517,6 +535,7 @@ class RunReport:
             config, self.net, steps=steps, metrics=metrics, eval_history=self.eval_log.entries,
             flops=flops, train_seconds=train_seconds, num_replicas=num_replicas,
             skipped_updates=updater.skipped_updates if updater is not None else 0)
+        results.update(update_times(self._updates, self._session))
         if chief:
             write_json(os.path.join(workdir, "results.json"), results)
             print(summary_line(results, workdir))
