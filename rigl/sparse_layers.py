@@ -310,6 +310,14 @@ def values_initializer(initializer, kernel_shape, nnz):
         "uniform, truncated normal and constant initializers.")
 
 
+def _given(array):
+    """An initializer returning ``array`` itself: ``keras.initializers.Constant`` of an
+    array multiplies it by a tensor of ones (three temporaries the size of the variable)."""
+    def initializer(shape, dtype=None):
+        return tf.constant(array, dtype=dtype, shape=shape)
+    return initializer
+
+
 def random_positions(kernel_shape, nnz, seed, name):
     """``nnz`` distinct positions of ``kernel_shape``, uniformly at random, in row-major
     order, drawn from ``(seed, crc32(name))`` in O(nnz) memory (no dense mask)."""
@@ -459,10 +467,10 @@ class SparseDense(SavesVariablesByName, keras.layers.Layer):
             regularizer=self.kernel_regularizer)
         self.rows = self.add_weight(name="rows", shape=(self.nnz,), dtype="int32",
                                     trainable=False,
-                                    initializer=keras.initializers.Constant(rows))
+                                    initializer=_given(rows))
         self.cols = self.add_weight(name="cols", shape=(self.nnz,), dtype="int32",
                                     trainable=False,
-                                    initializer=keras.initializers.Constant(cols))
+                                    initializer=_given(cols))
         self.alive = self.add_weight(name="alive", shape=(self.nnz,), dtype="bool",
                                      trainable=False, initializer="ones")
         self.values.constraint = AliveConstraint(self.alive)
