@@ -25,6 +25,9 @@ is one ``tf.custom_gradient`` op, ``sparse_matmul`` (forward and backward O(nnz 
   ``sum_b x[b, row_k] * dy[b, col_k]``: two gathers, a multiply and a reduction over the
   batch, in chunks of entries, compiled with XLA (no ``(batch, nnz)`` temporary).
 
+A layer of more than ``CSR_BLOCK`` entries does both CSR products in blocks of consecutive
+rows, one block's CSR matrix at a time (``row_blocks``, ``_blocked_matmul``).
+
 Why these kernels, with the measured figures: ``docs/truly_sparse.md``.
 
 Inputs with leading dimensions beyond the batch (a Dense applied per time step) are

@@ -263,13 +263,12 @@ def run_results(config: TrainConfig, net, *, steps: int, metrics: dict, eval_his
     }
 
 
-def update_times(history, session) -> dict:
+def update_times(history, began: float, ended: float | None) -> dict:
     """The mask updates' cost in this session: ``mask_update_seconds``, each update's wall
     time (its gradient included), and ``mask_update_share``, their sum over the session's
-    wall time from ``begin`` to its last step (None without updates). A resumed run reports
-    its last session only."""
+    wall time from ``began`` to ``ended`` (its last step; None without updates). A resumed
+    run reports its last session only."""
     seconds = [r.seconds for r in history if r.seconds is not None]
-    began, ended = session
     share = (sum(seconds) / (ended - began) if seconds and ended is not None and ended > began
              else None)
     return {"mask_update_seconds": seconds, "mask_update_share": share}
@@ -457,16 +456,16 @@ class RunReport:
         self.eval_log = StepLog(os.path.join(out_dir, "eval_log.json"), start_step)
         self.snapshot_steps = set(config.mask_snapshot_steps)
         self.start_step = start_step
-        # This session's mask updates and [start, last step] clock (update_times).
+        # This session's mask updates, its start and its last step's end (update_times).
         self._updates = ()
-        self._session = [time.perf_counter(), None]
+        self._session_began, self._last_step_at = time.perf_counter(), None
 
     def begin(self) -> None:
         """Before the first step (and before the updater binds): the initial masks."""
         if self.start_step == 0 and 0 in self.snapshot_steps:
             save_masks(self.out_dir, 0, self.net)
         self.progress.begin()
-        self._session = [time.perf_counter(), None]
+        self._session_began = time.perf_counter()
 
     def step_done(self, step: int, loss, correct, update_history=()) -> None:
         """After optimizer step ``step`` (1-based): the step log every ``log_every_steps``
@@ -475,7 +474,7 @@ class RunReport:
         update (``update_history``: the callback's results so far), and the mask snapshot
         if one is due."""
         self.progress.step_done(step)
-        self._session[1] = time.perf_counter()
+        self._last_step_at = time.perf_counter()
         self._updates = update_history
         logged = step % self.config.log_every_steps == 0 or step == self.total_steps
         if logged or (self.progress.verbosity and step == self.progress.first_step):
@@ -535,7 +534,7 @@ class RunReport:
             config, self.net, steps=steps, metrics=metrics, eval_history=self.eval_log.entries,
             flops=flops, train_seconds=train_seconds, num_replicas=num_replicas,
             skipped_updates=updater.skipped_updates if updater is not None else 0)
-        results.update(update_times(self._updates, self._session))
+        results.update(update_times(self._updates, self._session_began, self._last_step_at))
         if chief:
             write_json(os.path.join(workdir, "results.json"), results)
             print(summary_line(results, workdir))
