@@ -15,6 +15,7 @@ from rigl import flops, losses, methods, schedules  # noqa: F401
 from rigl.callbacks import SparseTraining
 from rigl.conversion import to_masked, to_sparse
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
+from rigl.export import export, load_exported
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (
     get_masks,
@@ -62,10 +63,12 @@ __all__ = [
     "UpdateResult",
     "Updater",
     "drop_and_grow",
+    "export",
     "flops",
     "get_masks",
     "get_updater",
     "layer_sparsities",
+    "load_exported",
     "masked_layers",
     "masked_weights",
     "methods",
