@@ -195,10 +195,10 @@ class InferenceSparse(keras.layers.Layer):
             layer = cls(n_out, n_in, len(values), "ell",
                         slice_shapes=[t.shape for t, _ in slices],
                         use_bias=bias is not None, **config)
-            for variable, (table, weight) in zip(layer.tables, slices, strict=True):
-                variable.assign(table)
-            for variable, (_, weight) in zip(layer.table_weights, slices, strict=True):
-                variable.assign(weight)
+            for table, weights, (table_value, weight_value) in zip(
+                    layer.tables, layer.table_weights, slices, strict=True):
+                table.assign(table_value)
+                weights.assign(weight_value)
             layer.inverse.assign(inverse)
         else:
             pointers, inputs, ordered = csr_arrays(rows, cols, values, shape)
