@@ -16,6 +16,7 @@ from rigl.callbacks import SparseTraining
 from rigl.conversion import to_masked, to_sparse
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
 from rigl.export import export, load_exported
+from rigl.granet import GraNet
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (
     get_masks,
@@ -30,6 +31,7 @@ from rigl.masking import (
 from rigl.methods import METHODS, UPDATERS, get_updater
 from rigl.sparse_build import sparse_model
 from rigl.sparse_layers import SparseDense
+from rigl.srigl import SRigL
 from rigl.updaters import (
     SET,
     SNFS,
@@ -46,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DISTRIBUTIONS",
+    "GraNet",
     "GradualPruning",
     "MaskedConv2D",
     "MaskedDense",
@@ -56,6 +59,7 @@ __all__ = [
     "SET",
     "SNFS",
     "SNIP",
+    "SRigL",
     "SparseDense",
     "SparseTraining",
     "Static",

@@ -446,8 +446,7 @@ def pruning_progress(begin_step: int, end_step: int, frequency: int, total_steps
     total = _check_positive_int(total_steps, "total_steps", 1)
     if end < begin:
         raise ValueError(f"end_step: must be >= begin_step ({begin}), got {end}.")
-    updates = sorted({*range(begin, end + 1, frequency), end})
-    updates = [step for step in updates if step < total]
+    updates = _update_steps(begin, end, frequency, total)
 
     def fraction(step: int) -> float:
         if end == begin:  # one-shot pruning at begin_step
@@ -461,6 +460,40 @@ def pruning_progress(begin_step: int, end_step: int, frequency: int, total_steps
     return weighted / total
 
 
+def _update_steps(begin: int, end: int, frequency: int, total: int) -> list[int]:
+    """The pruning steps of ``pruning_progress``'s schedule that fall inside the run."""
+    return [step for step in sorted({*range(begin, end + 1, frequency), end}) if step < total]
+
+
+def granet_flops_per_step(dense_flops: float, sparse_flops: float, initial_flops: float,
+                          begin_step: int, end_step: int, frequency: int,
+                          total_steps: int) -> float:
+    """GraNet's training FLOPs of one example at one step, averaged over a run.
+
+    Forward FLOPs follow the pruning schedule from ``initial_flops`` (``f_I``: the model at
+    the initial sparsity, ``f_D`` for a dense start) to ``sparse_flops`` (``f_S``):
+    ``f(t) = f_I - c(t)·(f_I - f_S)``, c(t) the cubic's fraction in effect at t (as
+    ``pruning_progress``); a step costs ``3·f(t)``. At each pruning step the regeneration
+    grows by the dense gradient of one batch, whose backward pass costs ``f_D`` instead of
+    ``f(t)`` (RigL's accounting of its update steps): ``+ (f_D - f(u))`` per pruning step u.
+    Exact when every layer follows the cubic (``pruning_scope="layer"``); with global
+    pruning the per-layer split, and so FLOPs per connection, is known only at run time.
+    """
+    f_d, f_s, f_i = (_check_flops(v, name) for v, name in (
+        (dense_flops, "dense_flops"), (sparse_flops, "sparse_flops"),
+        (initial_flops, "initial_flops")))
+    progress = pruning_progress(begin_step, end_step, frequency, total_steps)
+    begin, end = int(begin_step), int(end_step)
+
+    def forward(step: int) -> float:
+        fraction = 1.0 if end == begin else polynomial_sparsity(step, 1.0, 0.0, begin, end)
+        return f_i - fraction * (f_i - f_s)
+
+    extra = sum(f_d - forward(u) for u in _update_steps(begin, end, int(frequency),
+                                                         int(total_steps)))
+    return 3.0 * (f_i - progress * (f_i - f_s)) + extra / int(total_steps)
+
+
 def train_flops_per_step(
     method: str,
     dense_flops: float,
@@ -471,6 +504,7 @@ def train_flops_per_step(
     end_step: int | None = None,
     frequency: int | None = None,
     total_steps: int | None = None,
+    initial_flops: float | None = None,
 ) -> float:
     """Training FLOPs of one example at one step, averaged over a run (Appendix H).
 
@@ -482,7 +516,9 @@ def train_flops_per_step(
             one; for ``small_dense``: the small dense model's). Not used by ``dense``.
         update_freq: ΔT of RigL, steps between mask updates.
         begin_step, end_step, frequency, total_steps: the pruning schedule of ``prune`` and
-            the length of its run (see ``pruning_progress``).
+            ``granet`` and the length of its run (see ``pruning_progress``).
+        initial_flops: ``granet``: forward FLOPs at its initial sparsity (default
+            ``dense_flops``: a dense start); see ``granet_flops_per_step``.
 
     Raises:
         ValueError: naming the argument, for an unknown method, negative or missing FLOPs, or
@@ -509,6 +545,9 @@ def train_flops_per_step(
     for name, value in schedule.items():
         if value is None:
             raise ValueError(f"{name}: required for method {method!r}.")
+    if rule == "granet":
+        return granet_flops_per_step(f_d, f_s, f_d if initial_flops is None else initial_flops,
+                                     **schedule)
     progress = pruning_progress(**schedule)
     return 3.0 * (f_d - progress * (f_d - f_s))
 

@@ -15,9 +15,12 @@ set         SET          yes      no              sparse      ``SET``
 snfs        SNFS         yes      no              snfs        ``SNFS``
 rigl        RigL         yes      no              rigl        ``RigL``
 prune       Pruning      yes      yes             prune       ``GradualPruning``
+granet      GraNet       yes      yes             granet      ``GraNet`` (``rigl/granet.py``)
+srigl       SRigL        yes      no              rigl        ``SRigL`` (``rigl/srigl.py``)
 =========== ============ ======== =============== =========== =============================
 
-The order is the paper's table order (rows of tables, legends of plots). FLOPs rules are
+The order is the paper's table order (rows of tables, legends of plots), then the methods
+that followed it. FLOPs rules are
 those of ``rigl.flops.train_flops_per_step`` (Appendix H of the paper).
 
 Where a new method plugs in: write its ``Updater`` subclass in ``rigl/updaters.py`` (it
@@ -33,14 +36,16 @@ import dataclasses
 import inspect
 
 from rigl import updaters as _updaters
+from rigl.granet import GraNet
+from rigl.srigl import SRigL
 
 # The keyword arguments an updater constructor may take; each method takes a subset.
 UPDATER_ARGS = (
     "sparsity", "distribution", "custom_sparsity", "erk_power_scale", "initial_sparsity",
     "update_freq", "begin_step", "end_step", "drop_fraction", "drop_fraction_decay",
-    "decay_power", "grow_init", "seed",
+    "decay_power", "grow_init", "seed", "grad_accumulation_n", "pruning_scope", "gamma_sal",
 )
-FLOPS_RULES = ("dense", "sparse", "snfs", "rigl", "prune")
+FLOPS_RULES = ("dense", "sparse", "snfs", "rigl", "prune", "granet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,8 @@ _ROWS = (
     Method("snfs", "SNFS", _updaters.SNFS, True, False, "snfs"),
     Method("rigl", "RigL", _updaters.RigL, True, False, "rigl"),
     Method("prune", "Pruning", _updaters.GradualPruning, True, True, "prune"),
+    Method("granet", "GraNet", GraNet, True, True, "granet"),
+    Method("srigl", "SRigL", SRigL, True, False, "rigl"),
 )
 REGISTRY: dict[str, Method] = {method.name: method for method in _ROWS}
 METHODS: tuple[str, ...] = tuple(REGISTRY)

@@ -13,6 +13,8 @@ What this module holds:
   selections: keep the active positions of highest drop score, then grow the positions of
   highest grow score among those not kept. ``drop_and_grow_checked`` also reports whether the
   scores were finite (an updater skips the update otherwise).
+* ``grouped_top_k`` and per-group counts in ``drop_and_grow``: the same selections within
+  groups of positions (a kernel's output neurons), for methods that drop and grow per neuron.
 * ``compiled_traces()``: how often the compiled pieces of the selection have been traced.
 
 Everything here works on flat tensors and knows nothing of layers, optimizers or storage:
@@ -238,6 +240,51 @@ def top_k_mask(scores, k):
     return masked_top_k(scores, k, tf.ones_like(scores, tf.bool))[0]
 
 
+def _by_group(flat, groups: int):
+    """Flat ``(size,)`` -> ``(groups, size // groups)``: row j holds positions p % groups == j
+    (for a row-major kernel, its last axis: the output neurons)."""
+    return tf.transpose(tf.reshape(flat, [-1, groups]))
+
+
+def _flat_from_groups(grouped):
+    return tf.reshape(tf.transpose(grouped), [-1])
+
+
+@_plain
+def grouped_top_k(scores, k, include):
+    """Per row, the mask of the ``k[row]`` largest included scores, ties to the lower index.
+
+    Every row is ``masked_top_k`` of its own: ``scores`` and ``include`` are ``(groups, m)``,
+    ``k`` an int32 vector ``(groups,)``, clipped to [0, included entries of the row]. One
+    stable sort per row (``tf.math.top_k`` order: equal scores keep their index order), so
+    O(size log m); per-row counts do not fit the flat radix selection, and the rows of the
+    kernels constant fan-in runs on (SRigL) are short.
+
+    Returns:
+        ``(mask, finite)``: the boolean ``(groups, m)`` mask, and True when every score
+        (included or not) is finite.
+    """
+    masked = tf.where(include, scores, tf.constant(-np.inf, scores.dtype))
+    order = tf.argsort(masked, axis=1, direction="DESCENDING", stable=True)
+    ranks = tf.argsort(order, axis=1, stable=True)  # the rank of every entry in its row
+    included = tf.reduce_sum(tf.cast(include, tf.int32), axis=1)
+    k = tf.clip_by_value(tf.cast(k, tf.int32), 0, included)
+    return ranks < k[:, None], tf.reduce_all(tf.math.is_finite(scores))
+
+
+@_plain
+def _grouped_drop_and_grow(active, drop_scores, grow_scores, n_drop, n_grow):
+    groups = n_drop.shape[0]
+    active = _by_group(active, groups)
+    n_active = tf.reduce_sum(tf.cast(active, tf.int32), axis=1)
+    kept, finite = grouped_top_k(_by_group(drop_scores, groups), n_active - n_drop, active)
+    if grow_scores is not None:
+        grown, grow_finite = grouped_top_k(_by_group(grow_scores, groups), n_grow,
+                                           tf.logical_not(kept))
+        kept, finite = tf.logical_or(kept, grown), tf.logical_and(finite, grow_finite)
+    return _flat_from_groups(kept), finite
+
+
 @_plain
 def drop_and_grow_checked(active, drop_scores, grow_scores, n_drop, n_grow):
     """``drop_and_grow`` on a flat boolean ``active`` mask, and whether the scores were finite.
@@ -246,6 +293,10 @@ def drop_and_grow_checked(active, drop_scores, grow_scores, n_drop, n_grow):
         ``(new_mask, finite)``: the new flat boolean mask, and a boolean scalar that is True
         when every drop and grow score is finite (an update with False changes nothing).
     """
+    n_drop = tf.convert_to_tensor(n_drop)
+    if n_drop.shape.rank == 1:  # per-group counts (see drop_and_grow)
+        return _grouped_drop_and_grow(active, drop_scores, grow_scores, n_drop,
+                                      tf.convert_to_tensor(n_grow))
     n_active = tf.reduce_sum(tf.cast(active, tf.int32))
     kept, finite = masked_top_k(drop_scores, n_active - n_drop, active)
     if grow_scores is None:
@@ -266,8 +317,12 @@ def drop_and_grow(mask, drop_scores, grow_scores, n_drop, n_grow):
         mask: flat boolean tensor (0/1 numbers work too: nonzero is active).
         drop_scores: flat scores; higher means more worth keeping (only active ones count).
         grow_scores: flat scores; higher means more worth growing, or None if n_grow is 0.
-        n_drop: int32 scalar, 0 <= n_drop <= n_active.
-        n_grow: int32 scalar, 0 <= n_grow <= size - (n_active - n_drop).
+        n_drop: int32 scalar, 0 <= n_drop <= n_active; or an int32 vector of ``groups``
+            counts, one per group (group j: the flat positions p with p % groups == j, the
+            output neurons of a row-major kernel), each group then dropping and growing
+            on its own (``grouped_top_k``; constant fan-in, ``rigl.SRigL``).
+        n_grow: int32 scalar, 0 <= n_grow <= size - (n_active - n_drop); a vector with a
+            vector ``n_drop``.
 
     Returns:
         The new flat boolean mask.

@@ -285,10 +285,26 @@ class Updater(abc.ABC):
             not cls.grows or cls.grow_scores_block is not Updater.grow_scores_block)
 
     def counts(self, layer: LayerView, drop_fraction: tf.Tensor):
-        """(n_drop, n_grow) for a layer: both floor(f * n_active), so nnz never changes."""
+        """(n_drop, n_grow) for a layer: both floor(f * n_active), so nnz never changes.
+
+        Scalars, or (dense storage) int32 vectors with one count per output neuron (the
+        kernel's last axis), each neuron then dropping and growing on its own
+        (``rigl.selection.drop_and_grow``; SRigL's constant fan-in).
+        """
         n_active = tf.reduce_sum(tf.cast(layer.mask, tf.int32))
         n = floor_count(drop_fraction, n_active)
         return n, n
+
+    def layer_counts(self, layers: list[LayerView], drop_scores: list[tf.Tensor],
+                     drop_fraction: tf.Tensor) -> list:
+        """(n_drop, n_grow) of every layer at once: by default each layer's ``counts``.
+
+        Methods whose counts depend on all layers together (GraNet's global magnitude
+        pruning) override this one instead of ``counts``; ``drop_scores`` are the layers'
+        ``drop_scores``, in the shapes of their ``weights``.
+        """
+        del drop_scores
+        return [self.counts(layer, drop_fraction) for layer in layers]
 
     def current_drop_fraction(self, step: int) -> float:
         return self.drop_fraction(step, self.schedule.end())
@@ -477,13 +493,21 @@ class Updater(abc.ABC):
         return tape.gradient(penalty, values)
 
     # ---------------------------------------------------------------------------- update
-    def maybe_update(self, step: int, batch=None, loss_fn=None) -> UpdateResult | None:
+    @property
+    def batches_per_update(self) -> int:
+        """Training batches an update takes its gradient on (RigL's ``grad_accumulation_n``;
+        1 for every other method, 0 for methods without gradients)."""
+        return 1 if self.needs_gradients else 0
+
+    def maybe_update(self, step: int, batch=None, loss_fn=None,
+                     batches=None) -> UpdateResult | None:
         """Runs the update scheduled at ``step``, if any (see ``update``)."""
         if not self.is_update_step(step):
             return None
-        return self.update(step, batch=batch, loss_fn=loss_fn)
+        return self.update(step, batch=batch, loss_fn=loss_fn, batches=batches)
 
-    def update(self, step: int, batch=None, loss_fn=None, gradients=None) -> UpdateResult:
+    def update(self, step: int, batch=None, loss_fn=None, gradients=None,
+               batches=None) -> UpdateResult:
         """Updates every mask as scheduled at ``step``.
 
         Args:
@@ -491,15 +515,12 @@ class Updater(abc.ABC):
             batch: a training batch, for updaters that need gradients (RigL, SNIP).
             loss_fn: optional loss for those gradients (see ``kernel_gradients``).
             gradients: precomputed dense kernel gradients, instead of ``batch``.
+            batches: instead of ``batch``, a sequence of ``batches_per_update`` batches
+                whose gradients are averaged (``RigL(grad_accumulation_n=n)``).
         """
         self._require_bound()
         if self.needs_gradients and gradients is None:
-            if batch is None:
-                raise ValueError(
-                    f"batch: {type(self).__name__} grows by the dense gradient and needs a "
-                    "training batch at every update (SparseTraining(updater, data=...))."
-                )
-            gradients = self.kernel_gradients(batch, loss_fn)
+            gradients = self._gradients_of(batch, batches, loss_fn)
         fraction = self.current_drop_fraction(step)
         with self._strategy.scope():
             changed, finite = self._update_fn(
@@ -517,6 +538,30 @@ class Updater(abc.ABC):
         changed = [int(c) for c in np.asarray(changed)]
         return UpdateResult(int(step), float(fraction), dict(zip(self.layer_names, changed)),
                             skipped)
+
+    def _gradients_of(self, batch, batches, loss_fn) -> list:
+        """The gradients an update scores by: of ``batch``, or the mean over ``batches``."""
+        n = self.batches_per_update
+        name = type(self).__name__
+        if batches is None:
+            if batch is None:
+                raise ValueError(
+                    f"batch: {name} grows by the dense gradient and needs a training batch at "
+                    "every update (SparseTraining(updater, data=...)).")
+            if n == 1:
+                return self.kernel_gradients(batch, loss_fn)
+            raise ValueError(f"batches: {name} averages the gradients of {n} batches "
+                             f"(grad_accumulation_n={n}); pass batches=[...] of {n}, not one "
+                             "batch.")
+        if batch is not None:
+            raise ValueError("batch: pass either batch or batches, not both.")
+        batches = list(batches)
+        if len(batches) != n:
+            raise ValueError(f"batches: {name} takes {n} batches per update, got "
+                             f"{len(batches)}.")
+        if n == 1:
+            return self.kernel_gradients(batches[0], loss_fn)
+        return _mean_gradients([self.kernel_gradients(b, loss_fn) for b in batches])
 
     def _layer_view(self, i, storage, state, step, gradients) -> LayerView:
         gradient = gradients[i] if gradients is not None else None
@@ -542,15 +587,18 @@ class Updater(abc.ABC):
 
     def _update_graph(self, step, drop_fraction, gradients):
         stored: list[StorageView] = []
-        views, new_masks, finite = [], [], []
+        views, drops, new_masks, finite = [], [], [], []
         for i, storage in enumerate(self._targets):
             state = storage.view()
             view = self._layer_view(i, storage, state, step, gradients)
-            drop, grow = self.drop_scores(view), self._grow(storage, view)
-            n_drop, n_grow = self.counts(view, drop_fraction)
-            new, scores_finite = storage.select(state, drop, grow, n_drop, n_grow)
             stored.append(state)
             views.append(view)
+            drops.append(self.drop_scores(view))
+        counts = self.layer_counts(views, drops, drop_fraction)
+        for storage, state, view, drop, (n_drop, n_grow) in zip(
+                self._targets, stored, views, drops, counts):
+            grow = self._grow(storage, view)
+            new, scores_finite = storage.select(state, drop, grow, n_drop, n_grow)
             new_masks.append(new)
             finite += [scores_finite, state.finite]
         # One NaN/Inf anywhere leaves every layer as it was: the storages get `ok` and select.
@@ -644,11 +692,52 @@ class SNFS(Updater):
         return tf.abs(layer.momentum)
 
 
+def _mean_gradients(per_batch: list[list]) -> list:
+    """The mean of several batches' ``kernel_gradients``, layer by layer. A sparse-storage
+    layer's factors are concatenated, the output gradients scaled by 1/n, so that
+    ``inputsᵀ · output_gradients`` is the mean of the batches' dense gradients."""
+    n = len(per_batch)
+    mean = []
+    for grads in zip(*per_batch):
+        if isinstance(grads[0], SparseGradient):
+            mean.append(SparseGradient(
+                tf.add_n([g.values for g in grads]) / n,
+                tf.concat([g.inputs for g in grads], 0),
+                tf.concat([g.output_gradients for g in grads], 0) / n,
+                tf.add_n([g.regularizer for g in grads]) / n))
+        else:
+            mean.append(tf.add_n(list(grads)) / n)
+    return mean
+
+
 class RigL(Updater):
-    """RigL (Evci et al. 2020): grow where the dense gradient's magnitude is largest."""
+    """RigL (Evci et al. 2020): grow where the dense gradient's magnitude is largest.
+
+    Args:
+        grad_accumulation_n: grow scores from the mean of the dense gradients of this many
+            training batches instead of one (``grad_accumulation_n`` of rigl-torch and
+            condensed-sparsity, a larger batch for the grow criterion). Each update then
+            takes ``batches=[...]`` of n batches (``batches_per_update``), all at the
+            current weights; the reference implementations average the gradients of the n
+            training steps before the update instead (their backward hooks see them for
+            free; an updater here sees no training step). n = 1 is plain RigL, bit for bit.
+        (the rest): see ``Updater``.
+    """
 
     name = "rigl"
     needs_gradients = True
+
+    def __init__(self, update_freq: int = 100, begin_step: int = 0,
+                 end_step: int | None = None, drop_fraction: float = 0.3,
+                 drop_fraction_decay: str = "cosine", decay_power: float = 1.0,
+                 grow_init: str = "zeros", grad_accumulation_n: int = 1, seed: int = 0):
+        super().__init__(update_freq, begin_step, end_step, drop_fraction, drop_fraction_decay,
+                         decay_power, grow_init, seed)
+        self.grad_accumulation_n = _check_int("grad_accumulation_n", grad_accumulation_n, 1)
+
+    @property
+    def batches_per_update(self) -> int:
+        return self.grad_accumulation_n
 
     def grow_scores(self, layer):
         return tf.abs(layer.gradient)
