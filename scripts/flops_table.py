@@ -103,13 +103,10 @@ PAPER_ROWS = {
     "SNFS (ERK)": ("snfs", "erk", 1.0),
     "Pruning": ("prune", "uniform", 1.0),
     "Pruning 1.5x": ("prune", "uniform", 1.5),
-    # Methods that followed the paper (no published figure in its table): SRigL counts as
-    # RigL; GraNet prunes from dense on the gradual-pruning schedule and regrows by the
-    # dense gradient at every pruning step (rigl.flops.granet_flops_per_step).
-    "SRigL": ("srigl", "uniform", 1.0),
-    "GraNet": ("granet", "uniform", 1.0),
 }
-# The rules whose training FLOPs follow a pruning schedule.
+# The rules whose training FLOPs follow a pruning schedule (--pruning_* flags): gradual
+# pruning, and GraNet (from dense on that schedule, plus a dense gradient at every pruning
+# step: rigl.flops.granet_flops_per_step). SRigL counts as RigL (--method srigl).
 SCHEDULED_RULES = ("prune", "granet")
 # The paper's ImageNet setup: 32,000 steps at batch 4096, ΔT = 100; gradual pruning from step
 # 10,000 to 25,000 every 1,000 steps (Gale et al.'s 40k-100k of 128k, at 4x the batch), as in
@@ -117,7 +114,6 @@ SCHEDULED_RULES = ("prune", "granet")
 PAPER_SETUP = {"steps": 32000, "batch_size": 4096, "update_freq": 100, "begin_step": 10000,
                "end_step": 25000, "frequency": 1000}
 TOLERANCE = 0.01
-_UNPUBLISHED = ((None, None), (None, None))
 
 
 class Counter:
@@ -223,7 +219,7 @@ def paper_table(small_dense_match="params"):
     for label, (method, distribution, multiplier) in PAPER_ROWS.items():
         row = {"label": label, "method": method, "distribution": distribution,
                "multiplier": multiplier}
-        for sparsity, published in zip((0.8, 0.9), PAPER_TABLE.get(label, _UNPUBLISHED)):
+        for sparsity, published in zip((0.8, 0.9), PAPER_TABLE[label]):
             # Every masked method at one sparsity counts the same model.
             key = ("masked" if methods.get_method(method).masked else method, distribution,
                    sparsity)
@@ -239,8 +235,7 @@ def paper_table(small_dense_match="params"):
             cell = {"train": train, "test": base["inference_flops_ratio"],
                     "paper_train": published[0], "paper_test": published[1]}
             cell["differs"] = [name for name in ("train", "test")
-                               if cell[f"paper_{name}"] is not None
-                               and abs(cell[name] - cell[f"paper_{name}"]) > TOLERANCE + 1e-9]
+                               if abs(cell[name] - cell[f"paper_{name}"]) > TOLERANCE + 1e-9]
             if method == "small_dense":
                 cell["width"] = base["width"]
             row[f"s{round(sparsity * 100)}"] = cell
@@ -266,7 +261,7 @@ def paper_table(small_dense_match="params"):
 
 
 def _x(value):
-    return "—" if value is None else f"{value:.2f}x"
+    return f"{value:.2f}x"
 
 
 def paper_markdown(table):

@@ -375,3 +375,20 @@ def test_script_paper_table(flops_script):
     # The README's copy of the output is the output, verbatim.
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert text.strip() in readme
+
+
+def test_granet_training_flops_hand_computed():
+    """One-shot schedule at step 0 of 10: every step runs at f_S (3 · 10), and the one
+    pruning step grows by the dense gradient: + (f_D - f_S) / 10 = 9."""
+    per_step = flops.train_flops_per_step("granet", 100.0, 10.0, begin_step=0, end_step=0,
+                                          frequency=1, total_steps=10)
+    assert per_step == pytest.approx(39.0)
+    # A sparse start at f_I = 50, pruning steps 0 and 2 of a 0..4 schedule, 4 steps run
+    # (cubic: half-way is 7/8 of the way): f = 50, 50, 15, 15.
+    f_2 = 50 - 7 / 8 * 40
+    expected = (3 * (50 + 50 + f_2 + f_2) + (100 - 50) + (100 - f_2)) / 4
+    assert flops.train_flops_per_step("granet", 100.0, 10.0, initial_flops=50.0, begin_step=0,
+                                      end_step=4, frequency=2, total_steps=4) == pytest.approx(
+        expected)
+    with pytest.raises(ValueError, match="end_step: required"):
+        flops.train_flops_per_step("granet", 100.0, 10.0, begin_step=0)

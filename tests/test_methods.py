@@ -13,14 +13,15 @@ from rigl import methods
 def test_registry_is_the_one_list():
     assert rigl.METHODS == methods.METHODS == tuple(methods.REGISTRY)
     assert rigl.flops.METHODS == methods.METHODS
-    assert set(rigl.UPDATERS) == {"static", "set", "snfs", "rigl", "prune", "snip"}
+    assert set(rigl.UPDATERS) == {"static", "set", "snfs", "rigl", "prune", "snip", "granet",
+                                  "srigl"}
     for name, row in methods.REGISTRY.items():
         assert row.name == name
         assert row.masked == (row.updater is not None)
         if row.updater is not None:
             assert row.updater.name == name
     assert [m for m in methods.METHODS if methods.REGISTRY[m].dense_to_sparse] == [
-        "snip", "prune"]
+        "snip", "prune", "granet"]
 
 
 @pytest.mark.parametrize("name", sorted(rigl.UPDATERS))
@@ -58,6 +59,7 @@ def test_flops_rules_follow_the_registry():
         assert rigl.flops.train_flops_per_step(name, f_d, f_s) == 30.0
     assert rigl.flops.train_flops_per_step("snfs", f_d, f_s) == 120.0
     assert rigl.flops.train_flops_per_step("rigl", f_d, f_s, update_freq=1) == (30 + 120) / 2
+    assert rigl.flops.train_flops_per_step("srigl", f_d, f_s, update_freq=1) == (30 + 120) / 2
 
 
 def test_import_rigl_loads_no_experiment_layer():
