@@ -174,7 +174,8 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
     kernel = _kernel_of(layer)
     record = {"name": layer.name, "layer": type(layer).__name__}
     if kernel is None:
-        record.update(kind=type(layer).__name__, representation="dense",
+        record.update(kind=PLAIN_TWINS.get(type(layer), type(layer)).__name__,
+                      representation="dense",
                       reason="no sparse kernel for this layer kind")
         return _dense_twin(layer), record
     rows, cols, values, shape, kind, _ = kernel
@@ -355,6 +356,9 @@ def export(model, path: str, format: str = "saved_model", representation="auto",
     if not sparse:
         warnings.warn("export: the model has no sparse layer (rigl.sparsify was never "
                       "applied); exporting it dense.", UserWarning, stacklevel=2)
+    if format == "tflite" and representation != "auto":
+        raise ValueError(f"representation: {representation!r} applies to the saved_model "
+                         "format (LiteRT picks its own kernels); leave it 'auto' for tflite.")
     if format == "auto":
         _require_litert()
     metadata = {"rigl_export": 1, "batch_size": batch_size, "tensorflow": tf.__version__,
