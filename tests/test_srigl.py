@@ -217,3 +217,39 @@ def test_conv2d_neurons_are_output_channels():
     updater.update(0, batch=(x, np.arange(16) % 3))
     check_constant_fan_in(updater, model)
     assert rigl.get_masks(model)["c"].shape == (3, 3, 3, 8)
+
+
+# ------------------------------------------------------------------- MirroredStrategy
+MIRRORED_SCRIPT = """
+x, y = make_data(640)
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+result = {}
+for name, make, sparsity in [
+        ("srigl", lambda: rigl.SRigL(SPARSITY, "erk", update_freq=4, gamma_sal=0.5), SPARSITY),
+        ("granet", lambda: rigl.GraNet(SPARSITY, update_freq=4), 0.0)]:
+    with strategy.scope():
+        model, optimizer = build(sparsity)
+    callback = rigl.SparseTraining(make(), data=ds)
+    model.fit(ds, epochs=1, callbacks=[callback], verbose=0)
+    result[name] = {"updates": len(callback.history),
+                    "mismatches": rigl.masking.replica_mismatches(model),
+                    "components": [len(components(l.mask)[1]) for l in rigl.masked_layers(model)],
+                    "counts": {l.name: rigl.srigl.neuron_counts(l.mask.numpy()).tolist()
+                               for l in rigl.masked_layers(model)},
+                    "budgets": callback.updater.budgets if name == "srigl" else {}}
+emit(result)
+"""
+
+
+def test_mirrored_replicas_hold_identical_masks(tmp_path_factory):
+    from test_distributed import _run_script
+
+    result = _run_script(tmp_path_factory, "new_methods_mirrored", MIRRORED_SCRIPT)
+    for name in ("srigl", "granet"):
+        assert result[name]["updates"] >= 3, name
+        assert result[name]["components"] == [2, 2], name
+        assert result[name]["mismatches"] == [], name
+    for layer, counts in result["srigl"]["counts"].items():
+        live = [c for c in counts if c]
+        budget = result["srigl"]["budgets"][layer]
+        assert set(live) == {budget // len(live)}, layer

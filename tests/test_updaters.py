@@ -744,7 +744,8 @@ def test_dense_to_sparse_validation_names_parameter(cls, kwargs, param):
 
 
 def test_get_updater():
-    assert set(rigl.UPDATERS) == {"static", "set", "snfs", "rigl", "prune", "snip"}
+    assert set(rigl.UPDATERS) == {"static", "set", "snfs", "rigl", "prune", "snip", "granet",
+                                  "srigl"}
     updater = rigl.get_updater("rigl", drop_fraction=0.5, update_freq=7)
     assert isinstance(updater, rigl.RigL)
     assert updater.drop_fraction.initial == 0.5 and updater.schedule.update_freq == 7
