@@ -14,9 +14,19 @@ Usage::
     python scripts/benchmark.py --modes=storage --json > results/benchmark/storage.json
     python scripts/benchmark.py --render=results/benchmark/storage.json \
         > results/benchmark/storage.md
+    python scripts/benchmark.py --modes=inference --json > results/benchmark/inference.json
+    python scripts/benchmark.py --render=results/benchmark/inference.json \
+        > results/benchmark/inference.md
+    python scripts/benchmark.py --modes=inference --inference_workloads=mlp4096 \
+        --inference_sparsities=0.9,0.99 --inference_distributions=uniform
 
 The storage mode (truly sparse storage against masked storage and the dense model, MLPs of
 ``--storage_widths`` at ``--storage_sparsities``) is not among the default modes: ask for it.
+Nor is the inference mode (``rigl.export``'s sparse SavedModel and LiteRT exports against the
+dense exports of the same architecture, ``--inference_workloads`` at
+``--inference_sparsities`` and ``--inference_distributions``; about half an hour by default,
+``--inference_full_grid`` measures the char-GRU, MobileNet-v1 and ResNet-50 in the whole grid
+too). It needs the LiteRT runtime: ``pip install -r requirements-export.txt``.
 
 The peer mode runs ``scripts/benchmark_peer.py`` in a separate venv (tfmot needs Keras 2)::
 
@@ -40,7 +50,7 @@ _cli.start()  # before the first import of rigl, which imports TensorFlow
 
 from absl import flags  # noqa: E402
 
-from rigl.experiments.benchmark import report, storage, suite, workloads  # noqa: E402
+from rigl.experiments.benchmark import inference, report, storage, suite, workloads  # noqa: E402
 from rigl.experiments.errors import UsageError  # noqa: E402
 
 PEER_SCRIPT = os.path.join(ROOT, "scripts", "benchmark_peer.py")
@@ -104,6 +114,46 @@ _STORAGE_FLAGS = {
     "update_methods": STORAGE_UPDATE_METHODS, "update_repeats": STORAGE_UPDATE_REPEATS,
     "memory_steps": STORAGE_MEMORY_STEPS, "rounds": ROUNDS, "window_steps": WINDOW_STEPS,
     "warmup_steps": WARMUP_STEPS}
+_INFERENCE_DEFAULTS = inference.InferenceSettings()
+INFERENCE_WORKLOADS = flags.DEFINE_list(
+    "inference_workloads", list(_INFERENCE_DEFAULTS.workloads),
+    f"Inference mode: workloads, of {list(inference.WORKLOADS)}.")
+INFERENCE_SPARSITIES = flags.DEFINE_list(
+    "inference_sparsities", [str(s) for s in _INFERENCE_DEFAULTS.sparsities],
+    f"Inference mode: sparsities, in [0, 1) ({', '.join(_INFERENCE_DEFAULTS.light_workloads)} at "
+    f"{', '.join(map(str, _INFERENCE_DEFAULTS.light_sparsities))} of them only, unless "
+    "--inference_full_grid).")
+INFERENCE_DISTRIBUTIONS = flags.DEFINE_list(
+    "inference_distributions", list(_INFERENCE_DEFAULTS.distributions),
+    f"Inference mode: sparsity distributions, of {list(inference.DISTRIBUTIONS)} "
+    f"({', '.join(_INFERENCE_DEFAULTS.light_workloads)}: "
+    f"{', '.join(_INFERENCE_DEFAULTS.light_distributions)} of them only, unless "
+    "--inference_full_grid).")
+INFERENCE_ROUNDS = flags.DEFINE_integer(
+    "inference_rounds", _INFERENCE_DEFAULTS.rounds,
+    "Inference mode: timed windows per export (interleaved rounds).")
+INFERENCE_WINDOW_SECONDS = flags.DEFINE_float(
+    "inference_window_seconds", _INFERENCE_DEFAULTS.window_seconds,
+    "Inference mode: the shortest timed window (its calls are set per export).")
+INFERENCE_THROUGHPUT_EXPORTS = flags.DEFINE_list(
+    "inference_throughput_exports", list(_INFERENCE_DEFAULTS.throughput_exports),
+    "Inference mode: workloads whose sparse SavedModel is exported a second time at batch "
+    f"{_INFERENCE_DEFAULTS.throughput_batch} (its layers' choices measured there) for the "
+    "throughput figure; the others time their batch-1 export there. Empty: none.")
+INFERENCE_FULL_GRID = flags.DEFINE_boolean(
+    "inference_full_grid", False,
+    "Inference mode: measure "
+    f"{', '.join(_INFERENCE_DEFAULTS.light_workloads)} at every sparsity and distribution "
+    f"(by default at {', '.join(map(str, _INFERENCE_DEFAULTS.light_sparsities))}, "
+    f"{', '.join(_INFERENCE_DEFAULTS.light_distributions)} only: their sparse exports take "
+    "minutes).")
+# Settings field -> the flag that sets it, to name the flag in errors.
+_INFERENCE_FLAGS = {
+    "workloads": INFERENCE_WORKLOADS, "sparsities": INFERENCE_SPARSITIES,
+    "distributions": INFERENCE_DISTRIBUTIONS, "rounds": INFERENCE_ROUNDS,
+    "window_seconds": INFERENCE_WINDOW_SECONDS,
+    "throughput_exports": INFERENCE_THROUGHPUT_EXPORTS,
+    "light_workloads": INFERENCE_FULL_GRID}
 JSON_FLAG = flags.DEFINE_boolean("json", False, "Print JSON instead of markdown tables.")
 RENDER = flags.DEFINE_string("render", None, "Print the markdown tables of a report written "
                              "earlier with --json (this file), and run nothing.")
@@ -169,6 +219,34 @@ def _storage_settings(modes) -> storage.StorageSettings | None:
         raise UsageError(f"--{_STORAGE_FLAGS[field].name}: {message}") from None
 
 
+def _inference_settings(modes) -> inference.InferenceSettings | None:
+    """The inference mode's settings from the flags (None if it does not run).
+
+    Raises:
+        UsageError: naming the flag, for a bad value, or an inference flag given without the
+            inference mode.
+    """
+    if "inference" not in modes:
+        given = [flag.name for flag in _INFERENCE_FLAGS.values() if flag.present]
+        if given:
+            raise UsageError(f"--{given[0]}: only the inference mode reads it; add inference "
+                             "to --modes.")
+        return None
+    values = {"workloads": tuple(INFERENCE_WORKLOADS.value),
+              "sparsities": _numbers(INFERENCE_SPARSITIES, float),
+              "distributions": tuple(INFERENCE_DISTRIBUTIONS.value),
+              "rounds": INFERENCE_ROUNDS.value,
+              "window_seconds": INFERENCE_WINDOW_SECONDS.value,
+              "throughput_exports": tuple(INFERENCE_THROUGHPUT_EXPORTS.value)}
+    if INFERENCE_FULL_GRID.value:
+        values["light_workloads"] = ()
+    try:
+        return inference.InferenceSettings(**values)
+    except ValueError as error:
+        field, _, message = str(error).partition(": ")
+        raise UsageError(f"--{_INFERENCE_FLAGS[field].name}: {message}") from None
+
+
 def _log(message):
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -186,6 +264,7 @@ def main(argv):
     _check("workloads", WORKLOADS_FLAG.value, sorted(workloads.WORKLOADS))
     _check("variants", VARIANTS_FLAG.value, ALL_VARIANTS)
     storage_settings = _storage_settings(MODES_FLAG.value)
+    inference_settings = _inference_settings(MODES_FLAG.value)
     overrides = {key: flag.value for key, flag in zip(
         workloads.OVERRIDABLE, (WINDOW_STEPS, ROUNDS, WARMUP_STEPS)) if flag.value is not None}
     if PEER_WORKER.value:
@@ -201,7 +280,7 @@ def main(argv):
         mnist_source=MNIST_SOURCE.value, bench_python=BENCH_PYTHON.value,
         peer_worker=PEER_SCRIPT,
         command=" ".join(["python", "scripts/benchmark.py", *sys.argv[1:]]), log=_log,
-        storage_settings=storage_settings)
+        storage_settings=storage_settings, inference_settings=inference_settings)
     print(json.dumps(result, indent=1) if JSON_FLAG.value else report.markdown(result))
 
 

@@ -2,9 +2,9 @@
 
 A report is the JSON dict ``suite.run`` returns (and ``scripts/benchmark.py --json`` prints):
 ``command``, ``machine``, ``jit_compile``, one key per mode run (``overhead``: a list of
-workload results; ``pipeline``; ``peer``; ``storage``), ``seconds``, ``load_average_at_end``,
-``peak_rss_mb``. ``markdown`` renders a report, fresh or read back from its JSON
-(``--render``), to the tables of ``results/benchmark/benchmark.md``.
+workload results; ``pipeline``; ``peer``; ``storage``; ``inference``), ``seconds``,
+``load_average_at_end``, ``peak_rss_mb``. ``markdown`` renders a report, fresh or read back
+from its JSON (``--render``), to the tables of ``results/benchmark/benchmark.md``.
 
 Where new things plug in: a new mode's table is one more block of ``markdown``, read from its
 key of the report; a new column reads a new key of the mode's rows (``.get`` it, so reports
@@ -20,6 +20,8 @@ import subprocess
 
 import keras
 import tensorflow as tf
+
+from rigl.experiments.benchmark import inference as inference_mode
 
 
 def machine_info() -> dict:
@@ -216,6 +218,101 @@ def _storage_lines(storage) -> list[str]:
     return lines
 
 
+_EXPORT_LABELS = {"sparse_saved_model": "sparse SavedModel", "sparse_tflite": "sparse LiteRT",
+                  "dense_saved_model": "dense SavedModel", "dense_tflite": "dense LiteRT"}
+
+
+def _mb(value) -> str:
+    return "—" if value is None else f"{value / 2**20:.1f}"
+
+
+def _diff(value) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+def _inference_lines(result) -> list[str]:
+    big = result["throughput_batch"]
+    columns = " | ".join(_EXPORT_LABELS.values())
+    light = ""
+    measured = [w["workload"] for w in result["workloads"]]
+    light_workloads = [name for name in result["light_workloads"] if name in measured]
+    if light_workloads:
+        light = (f"; {', '.join(light_workloads)} measured at "
+                 f"{', '.join(map(str, result['light_sparsities']))}, "
+                 f"{', '.join(result.get('light_distributions', result['distributions']))} "
+                 "only")
+    lines = [
+        "**Exported for inference** (`rigl.export`: each model with random weights and random "
+        "masks (`rigl.sparsify`, the layers the paper's configs keep dense stay dense), "
+        "exported sparse as a SavedModel (each sparse layer in the representation measured "
+        "fastest at batch 1) and as a LiteRT flatbuffer (the converter's sparsity "
+        "optimisation), against the model without masks exported the same two ways; all "
+        "four loaded with `rigl.load_exported` and timed side by side in one process: "
+        f"median over {result['rounds']} rounds of interleaved windows of at least "
+        f"{result['window_seconds']:g} s, the order rotating every round. Ratio = the faster "
+        "dense export's time / the sparse export's (> 1: sparse is faster), in brackets the "
+        f"min–max of the same ratio round by round{light})", "",
+        "Latency, batch 1 (ms per call):", "",
+        f"| workload | distribution | sparsity | {columns} | dense / sparse SavedModel | "
+        "dense / sparse LiteRT | dense / best sparse |", "|---" * 10 + "|"]
+    cells = [(w, c) for w in result["workloads"] for c in w["cells"]]
+    for w, c in cells:
+        timed, ratios = c["latency"]["variants"], c["latency"]["ratios"]
+        lines.append(
+            f"| {w['workload']} | {c['distribution']} | {c['sparsity']} | "
+            + " | ".join(_ms(timed[n]["ms"]) for n in _EXPORT_LABELS)
+            + f" | {_ratio(ratios['saved_model'])} | {_ratio(ratios['tflite'])} | "
+            f"{_ratio(ratios['best'])} |")
+    lines += ["", f"Throughput, batch {big} (examples/s; the sparse SavedModel timed is the "
+              f"one exported at batch {big}, its layers' choices measured there, where the "
+              f"last column says {big}, else the batch-1 export):", "",
+              f"| workload | distribution | sparsity | {columns} | dense / sparse SavedModel | "
+              "dense / sparse LiteRT | dense / best sparse | SavedModel exported at |",
+              "|---" * 11 + "|"]
+    for w, c in cells:
+        t = c["throughput"]
+        exported = big if t["timed"]["sparse_saved_model"] != "sparse_saved_model" else 1
+        lines.append(
+            f"| {w['workload']} | {c['distribution']} | {c['sparsity']} | "
+            + " | ".join(f"{t['examples_per_s'][n]:,.0f}" for n in _EXPORT_LABELS)
+            + f" | {_ratio(t['ratios']['saved_model'])} | {_ratio(t['ratios']['tflite'])} | "
+            f"{_ratio(t['ratios']['best'])} | {exported} |")
+    lines += ["", "Exports: nnz = active weights of the layers with a sparse kernel (a GRU's "
+              "are stored dense); largest |output − Keras model's output| and top-1 agreement on "
+              f"the timed batch of {big} (per position for the char-GRU); size on disk (MB = "
+              "MiB); the sparse layers' stored bytes / CSR bytes (nnz × 4 + index bytes, "
+              f"target ≤ {inference_mode.SIZE_TARGET}) and their representations in the "
+              "SavedModel exported at batch 1; seconds to export the sparse SavedModel / "
+              "LiteRT, and the whole row:", "",
+              "| workload | distribution | sparsity | nnz | max diff SavedModel | max diff "
+              "LiteRT | top-1 agreement SavedModel / LiteRT | MB: " + columns.replace(" | ", " / ")
+              + " | sparse layers / CSR | representations | export s | row s |",
+              "|---" * 12 + "|"]
+    for w, c in cells:
+        acc, size = c["accuracy"], {**w["dense"]["bytes_on_disk"], **c["bytes_on_disk"]}
+        layers = c.get("sparse_layers") or {}
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(c["representations"].items()))
+        lines.append(
+            f"| {w['workload']} | {c['distribution']} | {c['sparsity']} | {c['nnz']:,} | "
+            f"{_diff(acc['sparse_saved_model']['max_abs_diff'])} | "
+            f"{_diff(acc['sparse_tflite']['max_abs_diff'])} | "
+            f"{acc['sparse_saved_model']['top1_agreement']:.3f} / "
+            f"{acc['sparse_tflite']['top1_agreement']:.3f} | "
+            + " / ".join(_mb(size.get(n)) for n in _EXPORT_LABELS)
+            + f" | {_fmt(layers.get('ratio'), '.2f')} | {kinds} | "
+            f"{c['export_s']['sparse_saved_model']:.0f} / {c['export_s']['sparse_tflite']:.0f}"
+            f" | {c['seconds']:.0f} |")
+    lines += ["", "Targets (issue 16, read off the rows above; speed: the faster sparse export "
+              "against the faster dense export at batch 1):", ""]
+    for target in inference_mode.targets(result):
+        verdict = {True: " — **met**", False: " — **not met**", None: ""}[target["met"]]
+        lines.append(f"- {target['text']}: {target['found']}{verdict}.")
+    lines += ["", f"Inference mode: {result['seconds']:.0f} s ("
+              + ", ".join(f"{w['workload']}: {w['seconds']:.0f} s" for w in result["workloads"])
+              + ").", ""]
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The markdown tables of ``report`` (no trailing newline)."""
     machine = report["machine"]
@@ -232,6 +329,8 @@ def markdown(report: dict) -> str:
         lines += _peer_lines(report["peer"], report.get("overhead", []))
     if report.get("storage"):
         lines += _storage_lines(report["storage"])
+    if report.get("inference"):
+        lines += _inference_lines(report["inference"])
     lines.append(f"Command: `{report['command']}`; {report['seconds']:.0f} s; peak RSS "
                  f"{report['peak_rss_mb']:.0f} MB; load average at the end "
                  f"{report['load_average_at_end'][0]:.2f}.")

@@ -6,7 +6,9 @@ memory and load average; ``report.markdown`` renders the result.
 
 ``storage`` (truly sparse against masked storage and the dense model) is not run by default:
 it takes its own ten minutes or more and is published in its own files
-(``results/benchmark/storage.json`` and ``.md``).
+(``results/benchmark/storage.json`` and ``.md``). Nor is ``inference`` (exported sparse models
+against the dense export, issue 16: about half an hour), published in
+``results/benchmark/inference.json`` and ``.md``.
 
 Where a new mode plugs in: its own module beside ``overhead``, ``pipeline`` and ``peer`` with
 one function returning a JSON-able result, its name in ``MODES`` and one line in ``run`` (the
@@ -19,9 +21,9 @@ import os
 import resource
 import time
 
-from rigl.experiments.benchmark import overhead, peer, pipeline, report, storage
+from rigl.experiments.benchmark import inference, overhead, peer, pipeline, report, storage
 
-MODES = ("overhead", "pipeline", "peer", "storage")
+MODES = ("overhead", "pipeline", "peer", "storage", "inference")
 DEFAULT_MODES = ("overhead", "pipeline", "peer")
 # Above this the CPU is shared with other processes and the figures are noisy.
 _BUSY_LOAD_AVERAGE = 0.7
@@ -30,7 +32,8 @@ _BUSY_LOAD_AVERAGE = 0.7
 def run(*, modes, workload_names, variants, sparsity: float, update_freq: int,
         overrides: dict, jit_compile: str, data_dir: str | None, mnist_source: str,
         bench_python: str, peer_worker: str, command: str, log,
-        storage_settings: storage.StorageSettings | None = None) -> dict:
+        storage_settings: storage.StorageSettings | None = None,
+        inference_settings: inference.InferenceSettings | None = None) -> dict:
     """Runs ``modes`` (of ``MODES``) and returns the report.
 
     Args:
@@ -49,6 +52,8 @@ def run(*, modes, workload_names, variants, sparsity: float, update_freq: int,
         log: prints a progress line.
         storage_settings: the storage mode's widths, sparsities and durations (None: its
             defaults).
+        inference_settings: the inference mode's workloads, sparsities, distributions and
+            durations (None: its defaults).
     """
     started = time.perf_counter()
     result = {"command": command, "machine": report.machine_info(), "jit_compile": jit_compile}
@@ -67,6 +72,9 @@ def run(*, modes, workload_names, variants, sparsity: float, update_freq: int,
     if "storage" in modes:
         result["storage"] = storage.storage_mode(storage_settings or storage.StorageSettings(),
                                                  jit_compile, log)
+    if "inference" in modes:
+        result["inference"] = inference.inference_mode(
+            inference_settings or inference.InferenceSettings(), log)
     result["seconds"] = time.perf_counter() - started
     result["load_average_at_end"] = os.getloadavg()
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
