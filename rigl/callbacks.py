@@ -8,6 +8,7 @@ from ``set_batch`` with ``data=SparseTraining.SET_BATCH``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 
@@ -61,10 +62,12 @@ class SparseTraining(keras.callbacks.Callback):
     Args:
         updater: a ``rigl.Updater`` (Static, SET, SNFS, RigL, GradualPruning, SNIP).
         data: training batches ``(x, y[, sample_weight])`` for updaters that need a gradient
-            (RigL, SNIP): a ``tf.data.Dataset`` (repeated and, under a strategy, distributed
-            here), any iterable of batches, a function of no argument returning the batch
-            to use, or ``SparseTraining.SET_BATCH``: the batch last given to ``set_batch``
-            (a custom loop's batch of the current step).
+            (RigL, SNIP; an update draws ``updater.batches_per_update`` of them, n for
+            ``RigL(grad_accumulation_n=n)``): a ``tf.data.Dataset`` (repeated and, under a
+            strategy, distributed here), any iterable of batches, a function of no argument
+            returning the batch to use, or ``SparseTraining.SET_BATCH``: the batch last given
+            to ``set_batch`` (a custom loop's batch of the current step; the n last ones
+            with gradient accumulation).
         loss_fn: ``loss_fn(y_true, y_pred)`` for those gradients; default: the compiled loss.
         log_dir: if given, TensorBoard summaries of every layer's sparsity, the drop
             fraction, the connections changed, the skipped updates and each update's wall
@@ -93,14 +96,17 @@ class SparseTraining(keras.callbacks.Callback):
         self.history: list[UpdateResult] = []
         self._writer = None
         self._iterator = None
-        self._batch = None
+        # The last batches given to set_batch: as many as an update takes (grad accumulation).
+        self._given = collections.deque(maxlen=max(1, updater.batches_per_update))
 
     def set_batch(self, batch) -> None:
         """Hands over the training batch of the coming step (``data=SET_BATCH`` only).
 
         Call it before ``on_train_batch_begin`` of that step; an update due there takes its
         gradient on ``batch`` (as given to ``strategy.run``: a distributed batch under a
-        strategy). The callback keeps only the last batch.
+        strategy). The callback keeps only the last ``updater.batches_per_update`` batches
+        (one, or n for ``RigL(grad_accumulation_n=n)``, whose update averages the gradients
+        of the n last batches given).
 
         Raises:
             ValueError: if the callback was constructed with other ``data``.
@@ -108,7 +114,7 @@ class SparseTraining(keras.callbacks.Callback):
         if self.data is not self.SET_BATCH:
             raise ValueError(f"data: set_batch needs data=SparseTraining.SET_BATCH; this "
                              f"callback draws its batches from {type(self.data).__name__}.")
-        self._batch = batch
+        self._given.append(batch)
 
     def _fit_steps(self) -> int | None:
         params = self.params or {}
@@ -156,10 +162,26 @@ class SparseTraining(keras.callbacks.Callback):
         return iter(data)
 
     def _given_batch(self):
-        if self._batch is None:
+        if not self._given:
             raise ValueError(f"data: {type(self.updater).__name__} needs the batch of the "
                              "step; call set_batch(batch) before on_train_batch_begin.")
-        return self._batch
+        return self._given[-1]
+
+    def _update_batches(self) -> dict:
+        """The ``batch=`` or ``batches=`` argument of the coming update."""
+        n = self.updater.batches_per_update
+        if self._iterator is None:
+            return {"batch": None}
+        if n <= 1:
+            return {"batch": next(self._iterator)}
+        if self.data is self.SET_BATCH:
+            if len(self._given) < n:
+                raise ValueError(
+                    f"data: {type(self.updater).__name__} averages the gradients of {n} "
+                    f"batches; set_batch gave {len(self._given)} so far. Call set_batch at "
+                    f"every step (the callback keeps the last {n}).")
+            return {"batches": list(self._given)}
+        return {"batches": [next(self._iterator) for _ in range(n)]}
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self._step
@@ -175,8 +197,7 @@ class SparseTraining(keras.callbacks.Callback):
         due = self.updater.last_update_step(step)
         self._last_done = due
         started = time.perf_counter()
-        batch_data = next(self._iterator) if self._iterator is not None else None
-        result = self.updater.update(due, batch=batch_data, loss_fn=self.loss_fn)
+        result = self.updater.update(due, loss_fn=self.loss_fn, **self._update_batches())
         # The result holds host counts: the update has finished on the device.
         result = dataclasses.replace(result, seconds=time.perf_counter() - started)
         self.history.append(result)

@@ -34,9 +34,25 @@ Where the code and the paper differ, this follows the paper:
 * regeneration runs at the pruning steps only ("after each gradual pruning step", the
   paper's Algorithm 1 and Figure 1); the code also calls ``truncate_weights`` at every ΔT
   after the pruning has ended, until the end of training;
-* r_t anneals over the pruning window ``[0, end_step]`` as RigL's drop fraction does (the
-  paper follows RigL's cosine schedule); the code anneals over the whole run
-  (``CosineDecay(T_max=total steps, eta_min=0.005)``).
+* r_t anneals over the pruning window ``[0, end_step]`` to 0 as RigL's drop fraction does
+  (the paper follows RigL's cosine schedule); the code anneals over the whole run, stepped
+  every batch (``CosineDecay(prune_rate, len(train_loader) * epochs, eta_min=0.005)`` in
+  ``main.py``), so at its final pruning epoch (110 of 160) r is still about 0.11.
+
+Other differences from the code (``core.py`` at VITA-Group/GraNet 1bf6fbe; ``main.py``),
+deliberate, from this library's conventions:
+
+* counts: the code keeps ``int(N · (1 - s_t))`` (floor of the density), this library
+  ``N - floor(s_t · N)`` (``rigl.distributions.num_zeros``): at most one more connection;
+* steps: the code's first pruning step is at ΔT (its step counter is incremented first) and
+  its last at the last ΔT multiple <= the final pruning step; here an update runs at
+  ``begin_step`` (nothing to prune then; from a sparse start it regenerates with r_0) and at
+  ``end_step`` off the grid, as ``rigl.GradualPruning``;
+* ``pruning_scope="layer"`` follows ``distribution``; the code's ``GraNet_uniform`` instead
+  holds the classifier at density 0.2 once s_t >= 0.8 (``pruning_uniform``);
+* sparse start: the code draws a Bernoulli ERK mask at ``--init-density`` (random counts);
+  an experiment here sparsifies at ``initial_sparsity`` with exact counts of the run's
+  ``distribution`` (``rigl.experiments.training.start_sparsity``).
 
 And where the code does not settle a detail, this library's conventions hold: exact counts
 with ties broken by position (the code thresholds with ``|w| > t``, which drops every tie at
@@ -99,6 +115,9 @@ class GraNet(RigL):
     """
 
     name = "granet"
+    # An experiment's model starts sparsified at ``initial_sparsity`` (a random mask, the
+    # paper's sparse-to-sparse variant), not dense (``training.start_sparsity``).
+    sparse_start = True
 
     def __init__(self, sparsity: float, distribution: str = "uniform",
                  custom_sparsity: Mapping[str, float] | None = None,

@@ -35,7 +35,10 @@ def smoke_bindings(config: str) -> list[str]:
 
 
 def test_every_config_is_covered():
-    assert len(METHOD_CONFIGS) == 8 and len(EXPERIMENT_CONFIGS) >= 9
+    # One method file per method of the registry (rigl.methods), named after it.
+    methods = {os.path.splitext(os.path.basename(c))[0] for c in METHOD_CONFIGS}
+    assert methods == set(rigl.methods.METHODS) and len(METHOD_CONFIGS) == len(methods)
+    assert len(EXPERIMENT_CONFIGS) >= 9
     for config in CONFIGS:
         header = open(os.path.join(ROOT, config)).read().splitlines()[0]
         assert header.startswith("#"), f"{config} has no header comment"
@@ -79,8 +82,9 @@ def test_method_config_composes_with_a_base(config, tmp_path):
     assert results["method"] == method
     traits = rigl.methods.get_method(method)
     expected = 0.9 if traits.masked else 0.0
+    # Gradual pruning (Pruning, GraNet) has not started after 3 smoke steps.
     assert results["measured_sparsity"] == pytest.approx(expected, abs=1e-3) or (
-        method == "prune")  # gradual pruning has not started after 3 smoke steps
+        traits.flops_rule in ("prune", "granet"))
 
 
 def test_training_bindings_become_one_validated_config():
@@ -130,6 +134,60 @@ def test_invalid_bindings_are_usage_errors_naming_them(binding, message):
     with pytest.raises(UsageError, match=message):
         _train([os.path.join("gin_configs", "mnist_lenet300.gin")], [binding, *length],
                dry_run=True)
+
+
+@pytest.mark.parametrize("method, binding, attribute, value", [
+    ("rigl", "grad_accumulation_n", "batches_per_update", 3),
+    ("srigl", "grad_accumulation_n", "batches_per_update", 2),
+    ("granet", "pruning_scope", "pruning_scope", "layer"),
+    ("srigl", "gamma_sal", "gamma_sal", 0.5),
+])
+def test_new_method_bindings_reach_the_updater(method, binding, attribute, value):
+    """The updater.* bindings of issue 17's methods go through make_updater to the updater
+    (and to the method's scope, as in the methods' gin files)."""
+    import gin
+    gin.clear_config()
+    try:
+        gin.parse_config([f"updater.{binding} = {value!r}"])
+        with gin.config_scope(method):
+            updater = run_config.make_updater(method, 0.9, "uniform", None, 1.0, 0)
+    finally:
+        gin.clear_config()
+    assert getattr(updater, attribute) == value
+
+
+@pytest.mark.parametrize("method, binding, message", [
+    ("rigl", "updater.grad_accumulation_n=0", "updater.grad_accumulation_n: must be >= 1"),
+    ("granet", "updater.pruning_scope='model'", "updater.pruning_scope: unknown 'model'"),
+    ("srigl", "updater.gamma_sal=1.5", "updater.gamma_sal: "),
+    ("granet", "updater.initial_sparsity=0.95", "updater.initial_sparsity: must be <="),
+])
+def test_new_method_bindings_are_checked_in_a_dry_run(method, binding, message):
+    with pytest.raises(UsageError, match=message):
+        _train([os.path.join("gin_configs", "mnist_lenet300.gin")],
+               [f"training.method='{method}'", binding], dry_run=True)
+
+
+@pytest.mark.parametrize("method, initial, expected", [
+    ("granet", 0.5, 0.5), ("granet", 0.0, 0.0), ("prune", 0.5, 0.0), ("rigl", 0.0, 0.9)])
+def test_granet_starts_at_its_initial_sparsity(method, initial, expected, monkeypatch):
+    """GraNet's sparse start (updater.initial_sparsity) sparsifies the model at it, a random
+    mask; Pruning with an initial sparsity starts dense (it prunes by magnitude at its first
+    step); a sparse-to-sparse method starts at training.sparsity."""
+    built = []
+
+    def spy(*args, **kwargs):
+        net, flops = build_network(*args, **kwargs)
+        built.append(rigl.measured_sparsities(net))
+        return net, flops
+
+    build_network = training.build_network
+    monkeypatch.setattr(training, "build_network", spy)
+    bindings = [f"training.method='{method}'"]
+    if initial:
+        bindings.append(f"updater.initial_sparsity={initial}")
+    _train([os.path.join("gin_configs", "mnist_lenet300.gin")], bindings, dry_run=True)
+    assert built and all(s == pytest.approx(expected, abs=1e-3) for s in built[0].values())
 
 
 def test_prune_schedule_is_scoped_to_the_prune_method(capsys):

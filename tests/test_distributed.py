@@ -66,13 +66,17 @@ PRELUDE = textwrap.dedent(
         return model, optimizer
 
 
-    def expected_nnz(model):
+    def expected_nnz(model, constant_fan_in=False):
+        # The ERK budget of each layer; with constant fan-in (SRigL without ablation), k0
+        # inputs for each of its neurons, k0 = floor(budget / neurons).
         shapes = {l.name: tuple(l.mask.shape) for l in rigl.masked_layers(model)}
         sparsities = rigl.layer_sparsities(shapes, SPARSITY, "erk")
         out = {}
         for name, shape in shapes.items():
             size = int(np.prod(shape))
             out[name] = size - num_zeros(sparsities[name], size)
+            if constant_fan_in:
+                out[name] = out[name] // shape[-1] * shape[-1]
         return out
 
 
@@ -105,9 +109,15 @@ FIT_SCRIPT = textwrap.dedent(
         "rigl_random_normal": lambda: rigl.RigL(update_freq=10, grow_init="random_normal"),
         "rigl_initial_value": lambda: rigl.RigL(update_freq=10, grow_init="initial_value"),
         "rigl_list_data": lambda: rigl.RigL(update_freq=10),
+        # Two distributed batches per update, drawn by the callback.
+        "rigl_grad_accumulation": lambda: rigl.RigL(update_freq=10, grad_accumulation_n=2),
+        # Constant fan-in without ablation (test_srigl.py covers ablation under the strategy).
+        "srigl": lambda: rigl.SRigL(SPARSITY, "erk", gamma_sal=0.0, update_freq=10),
         # Dense-to-sparse baselines: start from all-ones masks (sparsify with sparsity 0).
         "snip": lambda: rigl.SNIP(SPARSITY, "erk"),
         "prune": lambda: rigl.GradualPruning(SPARSITY, "erk", update_freq=10),
+        # Per-layer pruning scope: each layer ends at its ERK target (expected_nnz).
+        "granet": lambda: rigl.GraNet(SPARSITY, "erk", pruning_scope="layer", update_freq=10),
     }
     DENSE_START = [m for m in UPDATERS if m in rigl.methods.REGISTRY
                    and rigl.methods.REGISTRY[m].dense_to_sparse]
@@ -120,7 +130,7 @@ FIT_SCRIPT = textwrap.dedent(
         data = list_data if method == "rigl_list_data" else ds
         callback = rigl.SparseTraining(UPDATERS[method](), data=data)
         model.fit(ds, epochs=1, callbacks=[callback], verbose=0)
-        expected = expected_nnz(model)
+        expected = expected_nnz(model, constant_fan_in=method == "srigl")
         layers = {}
         for layer in rigl.masked_layers(model):
             mask_type, masks = components(layer.mask)
@@ -339,6 +349,8 @@ FIT_METHODS = [
     "rigl_random_normal",
     "rigl_initial_value",
     "rigl_list_data",
+    "rigl_grad_accumulation",
+    "srigl",
 ]
 # Dense-to-sparse baselines: they prune the all-ones masks to the ERK targets.
 DENSE_START_METHODS = [m for m in methods.METHODS if methods.REGISTRY[m].dense_to_sparse]
@@ -408,6 +420,18 @@ def test_fit_gradual_pruning_reaches_target_on_both_replicas(fit_results):
     # end_step defaults to 75 of 100 steps; pruning runs every 10 steps and at end_step.
     assert [h["step"] for h in result["history"]] == [*range(0, 80, 10), 75]
     assert not any(h["skipped"] for h in result["history"])
+
+
+def test_fit_granet_prunes_and_regrows_to_target_on_both_replicas(fit_results):
+    result = _ok(fit_results, "granet")
+    # Pruning with regeneration every 10 steps and at end_step (75 of 100 steps).
+    assert [h["step"] for h in result["history"]] == [*range(0, 80, 10), 75]
+    assert not any(h["skipped"] for h in result["history"])
+    # `changed` counts connections grown that were not active before the update: none at
+    # step 0 (every connection active) nor at 10 (regrowth from a dense start can only
+    # bring back pruned ones); new ones from 20 on, while r is not yet 0.
+    changed = [sum(h["changed"].values()) for h in result["history"]]
+    assert changed[:2] == [0, 0] and all(c > 0 for c in changed[2:6]), changed
 
 
 # ------------------------------------------------------- one update: single vs mirrored

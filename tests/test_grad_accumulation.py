@@ -78,3 +78,72 @@ def test_bad_input_names_the_parameter():
         updater.update(0, batches=batches)
     with pytest.raises(ValueError, match="batch: pass either batch or batches"):
         updater.update(0, batch=batches[0], batches=batches[:2])
+
+
+class RecordingRigL(rigl.RigL):
+    """RigL that records the ``batch`` / ``batches`` arguments of every update."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def update(self, step, batch=None, batches=None, **kwargs):
+        self.seen.append((step, batch, None if batches is None else list(batches)))
+        return super().update(step, batch=batch, batches=batches, **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_fit_draws_n_batches_per_update(n):
+    """model.fit through SparseTraining: each update takes n fresh batches from ``data``
+    (n = 1: one ``batch``, as before)."""
+    model, batches = model_and_batches()
+    drawn = []
+
+    def data():
+        drawn.append(batches[len(drawn) % 3])
+        return drawn[-1]
+
+    updater = RecordingRigL(update_freq=2, end_step=4, grad_accumulation_n=n)
+    callback = rigl.SparseTraining(updater, data=data)
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    assert [r.step for r in callback.history] == [0, 2, 4]
+    assert len(drawn) == 3 * n
+    for i, (_, batch, given) in enumerate(updater.seen):
+        if n == 1:
+            assert given is None and batch is drawn[i]
+        else:
+            assert batch is None and given == drawn[n * i:n * (i + 1)]
+
+
+def test_set_batch_keeps_the_last_n_batches():
+    """A custom loop's update with n = 2 averages the two batches last given to set_batch,
+    and equals ``update(batches=[...])`` on the same weights."""
+    model, batches = model_and_batches()
+    reference, _ = model_and_batches()
+    updater = RecordingRigL(update_freq=2, end_step=10, grad_accumulation_n=2)
+    callback = rigl.SparseTraining(updater, data=rigl.SparseTraining.SET_BATCH, total_steps=4)
+    callbacks = keras.callbacks.CallbackList([callback], model=model)
+    callbacks.on_train_begin()
+    callback.set_batch(batches[2])  # pushed out by the next two
+    callback.set_batch(batches[0])
+    callback.set_batch(batches[1])
+    callbacks.on_train_batch_begin(0)
+    assert updater.seen[0][2] == [batches[0], batches[1]]
+    rigl.RigL(update_freq=2, end_step=10, grad_accumulation_n=2).bind(reference).update(
+        0, batches=batches[:2])
+    for a, b in zip(state(model), state(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_batch_with_too_few_batches_names_data():
+    model, batches = model_and_batches()
+    callback = rigl.SparseTraining(rigl.RigL(update_freq=2, grad_accumulation_n=2),
+                                   data=rigl.SparseTraining.SET_BATCH, total_steps=4)
+    callbacks = keras.callbacks.CallbackList([callback], model=model)
+    callbacks.on_train_begin()
+    callback.set_batch(batches[0])
+    with pytest.raises(ValueError, match="data: RigL averages the gradients of 2 batches; "
+                                         "set_batch gave 1"):
+        callbacks.on_train_batch_begin(0)

@@ -15,6 +15,7 @@ from conftest import ROOT
 
 import rigl
 from rigl.experiments import sweep as sw
+from rigl.experiments.sweep import plots
 
 SWEEP_FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "sweeps", "*.gin")))
 BASE = "gin_configs/mnist_lenet300.gin"
@@ -132,8 +133,8 @@ def test_unknown_method_and_missing_config_fail_at_planning(tmp_path):
                                "sweep.base_configs = ['nope.gin']"), str(tmp_path), ROOT)
 
 
-EXPECTED_RUNS = {"fashion_mnist_lenet300": 96, "mnist_lenet300_appendix": 3,
-                 "cifar10_small_cnn": 8}
+EXPECTED_RUNS = {"fashion_mnist_lenet300": 132, "mnist_lenet300_appendix": 3,
+                 "cifar10_small_cnn": 41}
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
@@ -543,6 +544,9 @@ def test_methods_axes_order_and_labels_come_from_the_registry(tmp_path):
              if line.startswith("| ")][2:]  # after the header and the separator
     assert [line.split(" | ")[0][2:] for line in table] == [
         rigl.methods.REGISTRY[m].label for m in order]
+    # Each method its own colour in the plots.
+    colors = [plots.method_color(m) for m in rigl.methods.METHODS]
+    assert len(set(colors)) == len(colors), dict(zip(rigl.methods.METHODS, colors))
 
 
 # ------------------------------------------------------------------------- connectivity

@@ -9,7 +9,8 @@ Gin names (bind them in ``gin_configs/`` or with ``--gin_bindings``):
   mask_snapshot_steps, deterministic, smoke, verbose, stop_on_nonfinite, storage,
   sparse_init); ``train`` turns them into a ``TrainConfig``;
 * ``updater.*`` (``make_updater``): update_freq, begin_step, end_step, drop_fraction,
-  drop_fraction_decay, decay_power, grow_init, initial_sparsity (gradual pruning); a binding
+  drop_fraction_decay, decay_power, grow_init, initial_sparsity (gradual pruning, GraNet),
+  grad_accumulation_n (RigL), pruning_scope (GraNet), gamma_sal (SRigL); a binding
   scoped by the method's name (``prune/updater.update_freq = 1000``) applies to that method
   only;
 * ``optimizer.*``, ``learning_rate.*`` (``rigl.experiments.optim``), ``dataset.*`` (data_dir,
@@ -71,7 +72,8 @@ _UPDATER_RUN_ARGS = ["method", "sparsity", "distribution", "custom_sparsity", "e
 def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scale, seed,
                  multiplier=1.0, storage="masked", update_freq=100, begin_step=0,
                  end_step=None, drop_fraction=0.3, drop_fraction_decay="cosine",
-                 decay_power=1.0, grow_init="zeros", initial_sparsity=0.0):
+                 decay_power=1.0, grow_init="zeros", initial_sparsity=0.0,
+                 grad_accumulation_n=1, pruning_scope="global", gamma_sal=0.3):
     """The updater of ``method`` (None without masks); its step anchors scale with
     ``multiplier``. Every ``updater.*`` binding goes to ``rigl.get_updater``, which keeps
     those the method takes; one it refuses is a ``UsageError`` naming ``updater.<name>``, as
@@ -93,7 +95,9 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
             initial_sparsity=initial_sparsity, update_freq=update_freq,
             begin_step=scale(begin_step), end_step=scale(end_step),
             drop_fraction=drop_fraction, drop_fraction_decay=drop_fraction_decay,
-            decay_power=decay_power, grow_init=grow_init, seed=seed)
+            decay_power=decay_power, grow_init=grow_init, seed=seed,
+            grad_accumulation_n=grad_accumulation_n, pruning_scope=pruning_scope,
+            gamma_sal=gamma_sal)
     except ValueError as error:
         # The constructors only check their arguments, and the training.* ones were checked
         # by TrainConfig: what is left is an updater.* binding, named first in the message.

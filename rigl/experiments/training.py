@@ -39,6 +39,7 @@ column of ``results.json``) belongs to ``rigl.experiments.reporting``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -234,7 +235,8 @@ def build_experiment(config: TrainConfig) -> Experiment:
                        **config.dataset_options)
     steps_per_epoch, total_steps = config.steps(spec.num_train_examples)
     with strategy.scope():
-        net, dense_flops = build_network(config, spec.input_shape, spec.num_classes)
+        net, dense_flops = build_network(config, spec.input_shape, spec.num_classes,
+                                         start_sparsity(config, updater))
         # Epoch anchors use the exact epoch length: 30 epochs of ImageNet at batch 4096 are
         # step 9,383, not 30 × 312.
         schedule = make_schedule(total_steps, spec.num_train_examples / config.batch_size,
@@ -252,19 +254,46 @@ def build_experiment(config: TrainConfig) -> Experiment:
                       updater=updater, train_seconds=train_seconds, skipped_updates=skipped)
 
 
-def build_network(config: TrainConfig, input_shape, num_classes: int):
+def start_sparsity(config: TrainConfig, updater) -> float:
+    """The sparsity the model of a masked method is sparsified at before training.
+
+    ``training.sparsity`` for a sparse-to-sparse method; 0 (dense) for a dense-to-sparse one,
+    whose updater prunes it; the updater's ``initial_sparsity`` (a random mask of
+    ``training.distribution``) for an updater whose class sets ``sparse_start`` (GraNet: the
+    paper's sparse-to-sparse variant starts at its initial density; ``GradualPruning``'s
+    ``initial_sparsity`` is instead a magnitude pruning of the dense model at its first
+    step, as in Zhu & Gupta).
+    """
+    traits = config.method_traits
+    if not traits.dense_to_sparse:
+        return config.sparsity
+    # A trait of the updater class (rigl.granet.GraNet.sparse_start); base updaters lack it.
+    if getattr(traits.updater, "sparse_start", False):
+        return updater.initial_sparsity
+    return 0.0
+
+
+def build_network(config: TrainConfig, input_shape, num_classes: int,
+                  sparsity: float | None = None):
     """The model ``config`` trains and the dense FLOPs it is compared with.
+
+    Args:
+        sparsity: the sparsity a masked method's model is sparsified at
+            (``start_sparsity``); default: ``training.sparsity``, or 0 for a dense-to-sparse
+            method.
 
     Returns:
         ``(model, dense_flops)``: for Small-Dense the dense model narrowed to the sparse
         model's parameter count and the full-width model's FLOPs; for a masked method the
-        model sparsified (at sparsity 0 for a dense-to-sparse method, whose updater prunes
-        it), with truly sparse layers for ``storage="sparse"`` (``build_sparse_network``);
-        otherwise the dense model.
+        model sparsified at ``sparsity`` (0 for a dense-to-sparse method, whose updater
+        prunes it, or GraNet's initial sparsity), with truly sparse layers for
+        ``storage="sparse"`` (``build_sparse_network``); otherwise the dense model.
     """
     traits = config.method_traits
+    if sparsity is None:
+        sparsity = 0.0 if traits.dense_to_sparse else config.sparsity
     if config.storage == "sparse":
-        net, dense_flops = build_sparse_network(config, input_shape, num_classes)
+        net, dense_flops = build_sparse_network(config, input_shape, num_classes, sparsity)
         if config.sparse_init:
             scale_for_density(net)
         return net, dense_flops
@@ -281,8 +310,8 @@ def build_network(config: TrainConfig, input_shape, num_classes: int):
         dense_flops = rigl.flops.dense_inference_flops(net)
     if traits.masked:
         net = rigl.sparsify(
-            net, 0.0 if traits.dense_to_sparse else config.sparsity, config.distribution,
-            config.custom_sparsity, config.dense_layers, config.erk_power_scale, config.seed)
+            net, sparsity, config.distribution, config.custom_sparsity, config.dense_layers,
+            config.erk_power_scale, config.seed)
         if config.sparse_init:
             scale_for_density(net)
     return net, dense_flops
@@ -303,9 +332,10 @@ def scale_for_density(net) -> None:
                 weight.masked_kernel.assign(weight.masked_kernel * (1.0 / math.sqrt(density)))
 
 
-def build_sparse_network(config: TrainConfig, input_shape, num_classes: int):
+def build_sparse_network(config: TrainConfig, input_shape, num_classes: int,
+                         sparsity: float | None = None):
     """``build_network`` for ``storage="sparse"``: ``(model, dense_flops)``, the model's
-    Dense layers ``rigl.SparseDense``.
+    Dense layers ``rigl.SparseDense`` (at ``sparsity``, as in ``build_network``).
 
     A model whose factory takes a ``dense`` layer factory (``models.takes_dense``) is built
     by ``rigl.sparse_model``: no dense kernel ever exists (the 65,536-wide MLP's would not
@@ -315,10 +345,10 @@ def build_sparse_network(config: TrainConfig, input_shape, num_classes: int):
     (``rigl.to_sparse``): the same initial connections as masked storage; its convolutions
     and GRUs have no sparse form and stay masked (logged).
     """
-    traits = config.method_traits
     # A dense-to-sparse method starts with every connection stored; its updater marks the
     # pruned ones dead (the layers keep their initial nnz of memory).
-    sparsity = 0.0 if traits.dense_to_sparse else config.sparsity
+    if sparsity is None:
+        sparsity = 0.0 if config.method_traits.dense_to_sparse else config.sparsity
     options = (sparsity, config.distribution, config.custom_sparsity, config.dense_layers,
                config.erk_power_scale, config.seed)
     if models.takes_dense(config.model):
@@ -599,10 +629,18 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
     callbacks.on_train_begin()
     step, started = start_step, time.time()
     base_seconds = float(experiment.train_seconds.numpy())
+    # The batches read ahead: an update averaging n batches' gradients (grad_accumulation_n)
+    # takes those of this step and the n - 1 next ones, all read (and handed to set_batch)
+    # before the update; the loop then trains on them in order. A resumed run reads ahead
+    # from its start step as the uninterrupted run did, so both see the same batches.
+    ahead = collections.deque()
+    per_update = max(1, experiment.updater.batches_per_update) if sparse is not None else 1
     while step < total_steps:
-        batch = next(batches)
-        if sparse is not None:
-            sparse.set_batch(batch)
+        while len(ahead) < per_update:
+            ahead.append(next(batches))
+            if sparse is not None:
+                sparse.set_batch(ahead[-1])
+        batch = ahead.popleft()
         callbacks.on_train_batch_begin(step)
         loss, correct = train_step(batch)
         step += 1

@@ -32,9 +32,15 @@ def _figure(**kwargs):
     return figure
 
 
-def _color(method: str) -> str:
-    palette = ["#000000", "#7f7f7f", "#1f77b4", "#9467bd", "#2ca02c", "#8c564b", "#d62728",
-               "#ff7f0e"]
+# One colour per registry method, in ``METHOD_ORDER``: a method added to the registry needs a
+# colour here, or it would share the colour of the method a palette's length before it.
+_PALETTE = ("#000000", "#7f7f7f", "#1f77b4", "#9467bd", "#2ca02c", "#8c564b", "#d62728",
+            "#ff7f0e", "#e377c2", "#17becf", "#bcbd22")
+
+
+def method_color(method: str) -> str:
+    """The colour of ``method``'s lines and markers in every sweep plot."""
+    palette = _PALETTE
     index = METHOD_ORDER.index(method) if method in METHOD_ORDER else (
         len(METHOD_ORDER) + sum(map(ord, method)))
     return palette[index % len(palette)]
@@ -80,15 +86,15 @@ def plot_accuracy_vs_sparsity(rows: Sequence[Mapping], path: str, title: str = "
         xs.update(x)
         ax.errorbar(x, [r["mean"] * scale for r in group],
                     yerr=[(r["std"] or 0.0) * scale for r in group], capsize=3,
-                    color=_color(method), linestyle=_LINESTYLES.get(distribution, "-"),
+                    color=method_color(method), linestyle=_LINESTYLES.get(distribution, "-"),
                     marker="o" if multiplier == 1 else "s", label=_label(group[0]))
     for row in rows:
         if row["method"] in NO_SPARSITY_METHODS:
             mean, std = row["mean"] * scale, (row["std"] or 0.0) * scale
-            ax.axhline(mean, color=_color(row["method"]), linestyle="--", linewidth=1,
+            ax.axhline(mean, color=method_color(row["method"]), linestyle="--", linewidth=1,
                        label=_label(row))
             if std:
-                ax.axhspan(mean - std, mean + std, color=_color(row["method"]), alpha=0.1)
+                ax.axhspan(mean - std, mean + std, color=method_color(row["method"]), alpha=0.1)
     if xs:
         ax.set_xticks(sorted(xs))
         ax.set_xticklabels([f"{x:g}" for x in sorted(xs)])
@@ -128,12 +134,12 @@ def plot_accuracy_vs_flops(rows: Sequence[Mapping], path: str, title: str = "") 
             x = [r["train_flops_ratio"] for r in group]
             y = [r["mean"] * scale for r in group]
             ax.errorbar(x, y, yerr=[(r["std"] or 0.0) * scale for r in group], capsize=3,
-                        color=_color(method), linestyle=_LINESTYLES.get(distribution, "-"),
+                        color=method_color(method), linestyle=_LINESTYLES.get(distribution, "-"),
                         marker="*" if method in NO_SPARSITY_METHODS else "o", markersize=7,
                         label=_label(group[0], with_multiplier=False))
             for xi, yi, r in zip(x, y, group):
                 ax.annotate(f"{r['multiplier']:g}x", (xi, yi), textcoords="offset points",
-                            xytext=(4, 4), fontsize="x-small", color=_color(method))
+                            xytext=(4, 4), fontsize="x-small", color=method_color(method))
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs (fraction of dense 1x)")
         ax.set_ylabel("test accuracy (%)" if accuracy else "test bits/char")
