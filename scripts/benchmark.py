@@ -132,6 +132,10 @@ INFERENCE_DISTRIBUTIONS = flags.DEFINE_list(
 INFERENCE_ROUNDS = flags.DEFINE_integer(
     "inference_rounds", _INFERENCE_DEFAULTS.rounds,
     "Inference mode: timed windows per export (interleaved rounds).")
+INFERENCE_TIMING_SECONDS = flags.DEFINE_float(
+    "inference_timing_seconds", _INFERENCE_DEFAULTS.timing_seconds,
+    "Inference mode: the longest timing of one batch size in one row: fewer rounds (at least "
+    f"{inference.MIN_ROUNDS}) where --inference_rounds would last longer.")
 INFERENCE_WINDOW_SECONDS = flags.DEFINE_float(
     "inference_window_seconds", _INFERENCE_DEFAULTS.window_seconds,
     "Inference mode: the shortest timed window (its calls are set per export).")
@@ -151,7 +155,7 @@ INFERENCE_FULL_GRID = flags.DEFINE_boolean(
 _INFERENCE_FLAGS = {
     "workloads": INFERENCE_WORKLOADS, "sparsities": INFERENCE_SPARSITIES,
     "distributions": INFERENCE_DISTRIBUTIONS, "rounds": INFERENCE_ROUNDS,
-    "window_seconds": INFERENCE_WINDOW_SECONDS,
+    "window_seconds": INFERENCE_WINDOW_SECONDS, "timing_seconds": INFERENCE_TIMING_SECONDS,
     "throughput_exports": INFERENCE_THROUGHPUT_EXPORTS,
     "light_workloads": INFERENCE_FULL_GRID}
 JSON_FLAG = flags.DEFINE_boolean("json", False, "Print JSON instead of markdown tables.")
@@ -237,6 +241,7 @@ def _inference_settings(modes) -> inference.InferenceSettings | None:
               "distributions": tuple(INFERENCE_DISTRIBUTIONS.value),
               "rounds": INFERENCE_ROUNDS.value,
               "window_seconds": INFERENCE_WINDOW_SECONDS.value,
+              "timing_seconds": INFERENCE_TIMING_SECONDS.value,
               "throughput_exports": tuple(INFERENCE_THROUGHPUT_EXPORTS.value)}
     if INFERENCE_FULL_GRID.value:
         values["light_workloads"] = ()

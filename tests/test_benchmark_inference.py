@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import statistics
+import time
 
 import pytest
 from absl import flags
@@ -185,6 +186,10 @@ def test_time_calls_rounds_and_windows():
     assert all(len(t["round_ms"]) == 3 for t in timed.values())
     # Two untimed calls each, then rounds in rotating order: ab, ba, ab.
     assert "".join(name for name, _ in calls) == "aabb" + "abbaab"
+    # A budget shorter than a round: the fewest rounds.
+    timed = inference.time_calls({"a": lambda x: time.sleep(0.01)}, 0, rounds=7,
+                                 window_seconds=1e-12, max_seconds=1e-6)
+    assert len(timed["a"]["round_ms"]) == inference.MIN_ROUNDS
     assert inference.window_calls_for(0.03, 0.2) == 7
     assert inference.window_calls_for(0.0, 0.2) == 10_000  # capped
 
@@ -226,6 +231,7 @@ def test_settings_validate_and_sort():
                           ({"light_distributions": ("er",)}, "light_distributions"),
                           ({"rounds": 0}, "rounds"),
                           ({"window_seconds": 0}, "window_seconds"),
+                          ({"timing_seconds": -1}, "timing_seconds"),
                           ({"throughput_exports": ("vgg",)}, "throughput_exports")]:
         with pytest.raises(ValueError, match=f"^{field}: "):
             inference.InferenceSettings(**kwargs)
@@ -272,6 +278,7 @@ def test_flags_make_the_settings(script):
     (["--inference_distributions=er"], "--inference_distributions: unknown 'er'"),
     (["--inference_rounds=0"], "--inference_rounds: expected an integer >= 1"),
     (["--inference_window_seconds=-1"], "--inference_window_seconds: expected a positive"),
+    (["--inference_timing_seconds=0"], "--inference_timing_seconds: expected a positive"),
     (["--inference_throughput_exports=vgg"], "--inference_throughput_exports: unknown 'vgg'"),
 ])
 def test_bad_flags_name_the_flag(script, argv, message):

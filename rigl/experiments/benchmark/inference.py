@@ -24,7 +24,8 @@ artefacts are loaded (``rigl.load_exported``) and timed side by side in this pro
   runs 64 calls of one row.
 
 Timing (``time_calls``), as in the storage mode: a warm-up call per artefact, a second call
-sizing its window (at least ``window_seconds`` of calls), then ``rounds`` rounds, each
+sizing its window (at least ``window_seconds`` of calls), then ``rounds`` rounds (fewer,
+at least 3, where they would last over ``timing_seconds``: ResNet-50 at batch 64), each
 running one window of every artefact in rotating order; an artefact's time is the median
 over rounds of its window's mean call. Ratio = the faster dense export's median / the sparse
 export's (> 1: the sparse export is faster), for each sparse format and for the faster of
@@ -73,6 +74,8 @@ FORMATS = ("saved_model", "tflite")
 DISTRIBUTIONS = ("uniform", "erk")
 # The sparse and dense artefacts timed side by side, in this order.
 VARIANTS = ("sparse_saved_model", "sparse_tflite", "dense_saved_model", "dense_tflite")
+# The fewest timed rounds when a budget cuts them (``time_calls``).
+MIN_ROUNDS = 3
 # The longest window, in calls, whatever the call time.
 _MAX_WINDOW_CALLS = 10_000
 # MobileNet-v1 (gin_configs/imagenet/mobilenet_v1.gin): the first convolution and every
@@ -171,6 +174,8 @@ class InferenceSettings:
         sparsities: in [0, 1); measured in increasing order.
         distributions: of ``DISTRIBUTIONS``.
         rounds: timed windows per artefact.
+        timing_seconds: the longest timing of one batch size in one row: fewer rounds (at
+            least ``MIN_ROUNDS``) where ``rounds`` would last longer.
         window_seconds: the shortest timed window; its call count is set per artefact.
         throughput_batch: the batch of the throughput figure.
         throughput_exports: workloads whose sparse SavedModel is exported a second time at
@@ -189,6 +194,7 @@ class InferenceSettings:
     sparsities: tuple = (0.9, 0.95, 0.98, 0.99)
     distributions: tuple = DISTRIBUTIONS
     rounds: int = 7
+    timing_seconds: float = 60.0
     window_seconds: float = 0.2
     throughput_batch: int = 64
     throughput_exports: tuple = ("lenet300_100", "char_gru", "mlp1024")
@@ -231,9 +237,10 @@ class InferenceSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}.")
-        if not (isinstance(self.window_seconds, (int, float)) and self.window_seconds > 0):
-            raise ValueError(f"window_seconds: expected a positive number, got "
-                             f"{self.window_seconds!r}.")
+        for name in ("window_seconds", "timing_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name}: expected a positive number, got {value!r}.")
 
     def sparsities_of(self, workload: str) -> tuple:
         """The sparsities at which ``workload`` is measured."""
@@ -258,23 +265,31 @@ def window_calls_for(call_seconds: float, window_seconds: float) -> int:
     return max(1, min(_MAX_WINDOW_CALLS, math.ceil(window_seconds / max(call_seconds, 1e-9))))
 
 
-def time_calls(calls: dict, x, rounds: int, window_seconds: float) -> dict:
+def time_calls(calls: dict, x, rounds: int, window_seconds: float,
+               max_seconds: float | None = None) -> dict:
     """Times each callable of ``calls`` (name -> function of ``x``) side by side.
 
     A warm-up call each, a second call sizing its window, then ``rounds`` rounds of one
-    window per callable in rotating order.
+    window per callable in rotating order; fewer (at least ``MIN_ROUNDS``) if ``rounds``
+    rounds would last over ``max_seconds`` by the sizing calls (ResNet-50 at batch 64: a
+    round of its four exports lasts about 25 s).
 
     Returns:
         name -> ``{"ms": median over rounds of the window's mean call, "round_ms": each
         round's, "window_calls": calls per window}``.
     """
     names = list(calls)
-    windows = {}
+    windows, round_seconds = {}, 0.0
     for name in names:
         calls[name](x)
         start = time.perf_counter()
         calls[name](x)
-        windows[name] = window_calls_for(time.perf_counter() - start, window_seconds)
+        seconds = time.perf_counter() - start
+        windows[name] = window_calls_for(seconds, window_seconds)
+        round_seconds += windows[name] * seconds
+    if max_seconds is not None:
+        affordable = int(max_seconds / max(round_seconds, 1e-9))
+        rounds = max(min(rounds, MIN_ROUNDS), min(rounds, affordable))
     rounds_ms = {name: [] for name in names}
     for r in range(rounds):
         shift = r % len(names)
@@ -383,7 +398,7 @@ def _cell(workload: InferenceWorkload, dense_model, dense: _Artefacts, distribut
     log(f"inference: {label}: timing, {settings.rounds} rounds")
     latency = time_calls({**{n: sparse.runners[n] for n in VARIANTS[:2]},
                           **{n: dense.runners[n] for n in VARIANTS[2:]}}, x[:1],
-                         settings.rounds, settings.window_seconds)
+                         settings.rounds, settings.window_seconds, settings.timing_seconds)
 
     def at_big(name, artefacts):
         wide = f"{name}_{big}"
@@ -391,7 +406,7 @@ def _cell(workload: InferenceWorkload, dense_model, dense: _Artefacts, distribut
 
     throughput = time_calls({**{n: at_big(n, sparse) for n in VARIANTS[:2]},
                              **{n: at_big(n, dense) for n in VARIANTS[2:]}}, x,
-                            settings.rounds, settings.window_seconds)
+                            settings.rounds, settings.window_seconds, settings.timing_seconds)
     metadata = sparse.metadata["sparse_saved_model"]
     row = {
         "distribution": distribution, "sparsity": sparsity, "dense_layers": kept,
@@ -476,7 +491,7 @@ def inference_mode(settings: InferenceSettings, log) -> dict:
     return {
         "workloads": results, "sparsities": list(settings.sparsities),
         "distributions": list(settings.distributions), "rounds": settings.rounds,
-        "window_seconds": settings.window_seconds,
+        "timing_seconds": settings.timing_seconds, "window_seconds": settings.window_seconds,
         "throughput_batch": settings.throughput_batch,
         "throughput_exports": list(settings.throughput_exports),
         "light_workloads": list(settings.light_workloads),

@@ -249,7 +249,11 @@ def _inference_lines(result) -> list[str]:
         "optimisation), against the model without masks exported the same two ways; all "
         "four loaded with `rigl.load_exported` and timed side by side in one process: "
         f"median over {result['rounds']} rounds of interleaved windows of at least "
-        f"{result['window_seconds']:g} s, the order rotating every round. Ratio = the faster "
+        f"{result['window_seconds']:g} s"
+        + (f" (fewer rounds, at least {inference_mode.MIN_ROUNDS}, where they would last over "
+           f"{result['timing_seconds']:g} s; a row's timing records its own)"
+           if "timing_seconds" in result else "")
+        + ", the order rotating every round. Ratio = the faster "
         "dense export's time / the sparse export's (> 1: sparse is faster), in brackets the "
         f"min–max of the same ratio round by round{light})", "",
         "Latency, batch 1 (ms per call):", "",
