@@ -57,6 +57,11 @@ EXPORT_REQUIREMENTS = "requirements-export.txt"
 DENSE_LIMIT = 1 << 26
 # The time budget for measuring one layer's candidates (big convolutions get fewer rounds).
 MEASURE_SECONDS = 2.0
+# A candidate this many times slower than the fastest in its first call is not timed further.
+SLOWER_THAN_BEST = 4.0
+# ELL gathers one input per product term: over this many terms (rows of the batch × nnz) a
+# dense or CSR product wins by far and the candidate is not even built (it would take long).
+ELL_MAX_TERMS = 1 << 25
 
 
 # ------------------------------------------------------------------------- sparse kernels
@@ -127,6 +132,14 @@ def _input_shape(layer, batch_size: int) -> tuple:
     return (batch_size,) + tuple(1 if d is None else int(d) for d in shape[1:])
 
 
+def _output_shape(layer, batch_size: int) -> tuple:
+    try:
+        shape = tuple(layer.output.shape)
+    except (AttributeError, ValueError):
+        return (batch_size, 1)
+    return (batch_size,) + tuple(1 if d is None else int(d) for d in shape[1:])
+
+
 def _median_ms(fn, x, rounds: int) -> float:
     fn(x)
     times = []
@@ -138,35 +151,46 @@ def _median_ms(fn, x, rounds: int) -> float:
 
 
 def _repeated(layer, repeats: int):
-    """A tf.function applying ``layer`` ``repeats`` times (inputs scaled apart, so that no
-    graph pass merges the calls): the per-call dispatch cost, which a layer inside a model
-    does not pay, is shared by ``repeats`` products."""
-    @tf.function
+    """A tf.function applying ``layer`` ``repeats`` times in a graph loop (inputs scaled
+    apart, so that no graph pass merges the calls): the per-call dispatch cost, which a layer
+    inside a model does not pay, is shared by ``repeats`` products."""
+    @tf.function(autograph=False)
     def call(x):
-        return tf.add_n([tf.reduce_sum(layer(x * (1.0 + 1e-6 * i))) for i in range(repeats)])
+        def body(i, total):
+            scaled = x * (1.0 + 1e-6 * tf.cast(i, x.dtype))
+            return i + 1, total + tf.reduce_sum(layer(scaled))
+        return tf.while_loop(lambda i, _: i < repeats, body,
+                             (tf.constant(0), tf.constant(0.0, x.dtype)))[1]
     return call
+
+
+def _timed(call, x) -> float:
+    start = time.perf_counter()
+    call(x).numpy()
+    return time.perf_counter() - start
 
 
 def _time_candidates(candidates: dict, shape: tuple, rounds: int, repeats: int = 8) -> dict:
     """Median ms per product of each candidate layer on a random input of ``shape``,
-    interleaved: each round calls every candidate once, in rotating order."""
+    interleaved: each round calls every candidate once, in rotating order. A candidate over
+    ``SLOWER_THAN_BEST`` times the fastest in a first call is not timed further (its one
+    call is its figure)."""
     x = tf.constant(np.random.default_rng(0).standard_normal(shape, np.float32))
     calls = {name: _repeated(layer, repeats) for name, layer in candidates.items()}
-    for call in calls.values():
-        call(x)  # trace and warm up
-    names = list(calls)
-    times = {name: [] for name in names}
-    start = time.perf_counter()
-    for name in names:
-        calls[name](x).numpy()
+    first = {}
+    for name, call in calls.items():
+        call(x)  # trace, compile and warm up
+        first[name] = _timed(call, x)
+    best = min(first.values())
+    times = {name: [] for name in calls if first[name] <= SLOWER_THAN_BEST * best}
+    names = list(times)
     # At most about MEASURE_SECONDS per layer, and at least 3 rounds.
-    rounds = max(3, min(rounds, int(MEASURE_SECONDS / (time.perf_counter() - start))))
+    rounds = max(3, min(rounds, int(MEASURE_SECONDS / sum(first[n] for n in names))))
     for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
-            calls[name](x).numpy()
-            times[name].append(time.perf_counter() - start)
-    return {name: round(float(np.median(t) * 1e3 / repeats), 4) for name, t in times.items()}
+            times[name].append(_timed(calls[name], x))
+    return {name: round(float(np.median(times.get(name) or [first[name]]) * 1e3 / repeats),
+                        4) for name in calls}
 
 
 def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
@@ -184,12 +208,18 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
                   sparsity=round(1 - len(values) / size, 6),
                   csr_bytes=len(values) * 8 + (shape[1] + 1) * 4)
     if choice == "auto":
-        candidates = {name: _sparse_layer(layer, kernel, name) for name in REPRESENTATIONS}
+        shape_in = _input_shape(layer, batch_size)
+        rows_of_batch = int(np.prod(_output_shape(layer, batch_size)[:-1]))
+        names = [n for n in REPRESENTATIONS
+                 if n != "ell" or rows_of_batch * len(values) <= ELL_MAX_TERMS]
+        if len(names) < len(REPRESENTATIONS):
+            record["not_measured"] = {"ell": f"{rows_of_batch} rows × {len(values)} "
+                                             f"weights > {ELL_MAX_TERMS} gathered terms"}
+        candidates = {name: _sparse_layer(layer, kernel, name) for name in names}
         dense = _dense_twin(layer)
         if dense is not None:
             candidates["dense"] = dense
-        record["measured_ms"] = _time_candidates(candidates, _input_shape(layer, batch_size),
-                                                 rounds)
+        record["measured_ms"] = _time_candidates(candidates, shape_in, rounds)
         choice = min(record["measured_ms"], key=record["measured_ms"].get)
         record["reason"] = f"fastest measured at batch {batch_size}"
         chosen = candidates[choice]
@@ -369,7 +399,7 @@ def export(model, path: str, format: str = "saved_model", representation="auto",
         if format in ("saved_model", "auto"):
             inference, records = inference_model(model, representation, batch_size, rounds)
             target = os.path.join(staging, "saved_model")
-            inference.export(target, format="tf_saved_model", verbose=False)
+            metadata["saved_model"] = _write_saved_model(inference, target, batch_size, rounds)
             built["saved_model"] = target
             metadata["layers"] = records
         if format in ("tflite", "auto"):
@@ -402,6 +432,45 @@ def export(model, path: str, format: str = "saved_model", representation="auto",
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return metadata
+
+
+def _serve_function(model, jit_compile: bool):
+    signature = [tf.TensorSpec(x.shape, x.dtype, name=x.name.split(":")[0])
+                 for x in model.inputs]
+
+    @tf.function(input_signature=signature, jit_compile=jit_compile, autograph=False)
+    def serve(*inputs):
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    return serve
+
+
+def _write_saved_model(model, path: str, batch_size: int, rounds: int) -> dict:
+    """Saves ``model``'s serving function, compiled whole with XLA or not, whichever runs
+    faster at ``batch_size`` here (CSR products have no XLA form: such models are not
+    compiled). Returns what was measured and chosen.
+
+    Each variable is saved once: Keras' own ``model.export`` writes every weight twice (as
+    the model's and as the endpoints'; keras-team/keras#23553), doubling the artefact.
+    """
+    x = _example_input(model, batch_size)
+    times, chosen = {}, {}
+    for jit in (False, True):
+        serve = _serve_function(model, jit)
+        try:
+            times["xla" if jit else "plain"] = _median_ms(serve, x, rounds)
+            chosen[jit] = serve
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            times["xla"] = f"cannot compile: {str(error).splitlines()[0][:200]}"
+    measured = {k: v for k, v in times.items() if isinstance(v, float)}
+    jit = min(measured, key=measured.get) == "xla"
+    serve = chosen[jit]
+    module = tf.Module()
+    concrete = serve.get_concrete_function()
+    module.variables_used = list(concrete.variables)
+    module.serve = serve
+    tf.saved_model.save(module, path, signatures={"serving_default": concrete})
+    return {"jit_compile": jit, "whole_model_ms": {k: round(v, 4) if isinstance(v, float)
+                                                   else v for k, v in times.items()}}
 
 
 def _litert_record(layer) -> dict:

@@ -10,6 +10,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -84,6 +85,17 @@ def test_dense_model_round_trip_per_representation(tmp_path, representation):
         if record["representation"] in ("ell", "csr"):
             # The size target: at most 1.2 × (nnz × 4 + a CSR's int32 index bytes).
             assert record["stored_bytes"] <= 1.2 * record["csr_bytes"]
+    # Whole-model XLA or not: both timed (no CSR layer) and the faster kept.
+    whole = metadata["saved_model"]["whole_model_ms"]
+    if representation != "csr":
+        assert metadata["saved_model"]["jit_compile"] == (whole["xla"] < whole["plain"])
+    else:
+        assert "cannot compile" in whole["xla"] and not metadata["saved_model"]["jit_compile"]
+    # Every variable is stored once (Keras' model.export stores each twice).
+    loaded = tf.saved_model.load(str(tmp_path / "out"))
+    held = sum(v.numpy().nbytes for v in loaded.variables_used)
+    data = sum(f.stat().st_size for f in (tmp_path / "out" / "variables").glob("*.data-*"))
+    assert held <= data <= 1.05 * held + 8192  # + the object graph's record
 
 
 def test_conv_model_round_trip(tmp_path):
