@@ -15,7 +15,7 @@ from rigl import flops, losses, methods, schedules  # noqa: F401
 from rigl.callbacks import SparseTraining
 from rigl.conversion import to_masked, to_sparse
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
-from rigl.export import export, load_exported
+from rigl.exporting import export, load_exported
 from rigl.granet import GraNet
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (

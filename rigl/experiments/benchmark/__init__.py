@@ -2,8 +2,8 @@
 
 Sparse training is simulated with masks on dense kernels (as in the paper), so the question is
 overhead: the floor is the dense step itself plus, every ΔT steps, one extra gradient (RigL)
-and the drop/grow selection. Four modes, three run by default by ``scripts/benchmark.py``
-(``storage`` on request):
+and the drop/grow selection. Five modes, three run by default by ``scripts/benchmark.py``
+(``storage`` and ``inference`` on request):
 
 * ``overhead``: each workload's variants (the plain Keras model, the dense floor; the masked
   model, static; SET; SNFS; RigL; gradual pruning) in one process, interleaved and repeated:
@@ -14,6 +14,9 @@ and the drop/grow selection. Four modes, three run by default by ``scripts/bench
 * ``storage`` (issue 15): MLPs in truly sparse storage (``rigl.SparseDense``) against masked
   storage and the plain dense model: step and update times, peak memory in a fresh process
   per configuration, the crossover sparsity.
+* ``inference`` (issue 16): ``rigl.export``'s sparse SavedModel and LiteRT exports against
+  the dense exports of the same architecture: batch-1 latency, batch-64 throughput, output
+  agreement, size on disk, per-layer representations.
 
 XLA. The variants of a workload are all compiled alike: with XLA where it speeds up the plain
 dense model on this CPU (LeNet-300-100, whose step is elementwise passes and small matmuls),
@@ -27,7 +30,7 @@ Modules, one concern each:
 
 * ``workloads``: the workloads, variants and synthetic batch (what is timed).
 * ``harness``: timing windows, interleaved rounds, medians and ratios (how it is timed).
-* ``overhead``, ``pipeline``, ``peer``, ``storage``: the modes; ``memory``: the peak memory of
+* ``overhead``, ``pipeline``, ``peer``, ``storage``, ``inference``: the modes; ``memory``: the peak memory of
   one configuration in a fresh process (``storage``).
 * ``suite``: runs the selected modes and assembles the report.
 * ``report``: the machine's description and the markdown of a report (``--render``).
