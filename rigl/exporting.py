@@ -49,7 +49,7 @@ from rigl.masking import _copy_weights, walk_layers
 from rigl.sparse_layers import SparseDense
 
 FORMATS = ("saved_model", "tflite", "auto")
-CHOICES = ("auto", "dense") + REPRESENTATIONS
+CHOICES = ("auto", "sparse", "dense") + REPRESENTATIONS
 METADATA_FILE = "rigl_export.json"
 TFLITE_FILE = "model.tflite"
 EXPORT_REQUIREMENTS = "requirements-export.txt"
@@ -57,6 +57,8 @@ EXPORT_REQUIREMENTS = "requirements-export.txt"
 DENSE_LIMIT = 1 << 26
 # The time budget for measuring one layer's candidates (big convolutions get fewer rounds).
 MEASURE_SECONDS = 2.0
+# A timed call repeats a small layer's product to last about this long (dispatch shared).
+CALL_SECONDS = 0.002
 # A candidate this many times slower than the fastest in its first call is not timed further.
 SLOWER_THAN_BEST = 4.0
 # ELL gathers one input per product term: over this many terms (rows of the batch × nnz) a
@@ -150,12 +152,12 @@ def _median_ms(fn, x, rounds: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def _repeated(layer, repeats: int):
-    """A tf.function applying ``layer`` ``repeats`` times in a graph loop (inputs scaled
-    apart, so that no graph pass merges the calls): the per-call dispatch cost, which a layer
-    inside a model does not pay, is shared by ``repeats`` products."""
+def _repeated(layer):
+    """A tf.function applying ``layer`` ``repeats`` times (an argument) in a graph loop,
+    inputs scaled apart so that no graph pass merges the calls: the per-call dispatch cost,
+    which a layer inside a model does not pay, is shared by ``repeats`` products."""
     @tf.function(autograph=False)
-    def call(x):
+    def call(x, repeats):
         def body(i, total):
             scaled = x * (1.0 + 1e-6 * tf.cast(i, x.dtype))
             return i + 1, total + tf.reduce_sum(layer(scaled))
@@ -164,33 +166,37 @@ def _repeated(layer, repeats: int):
     return call
 
 
-def _timed(call, x) -> float:
+def _timed(call, x, repeats) -> float:
     start = time.perf_counter()
-    call(x).numpy()
+    call(x, repeats).numpy()
     return time.perf_counter() - start
 
 
-def _time_candidates(candidates: dict, shape: tuple, rounds: int, repeats: int = 8) -> dict:
+def _time_candidates(candidates: dict, shape: tuple, rounds: int) -> dict:
     """Median ms per product of each candidate layer on a random input of ``shape``,
-    interleaved: each round calls every candidate once, in rotating order. A candidate over
-    ``SLOWER_THAN_BEST`` times the fastest in a first call is not timed further (its one
+    interleaved: each round calls every candidate once, in rotating order. A call repeats
+    the product so that it lasts about ``CALL_SECONDS`` (at most 8 times). A candidate over
+    ``SLOWER_THAN_BEST`` times the fastest in a first call is not timed further (its first
     call is its figure)."""
     x = tf.constant(np.random.default_rng(0).standard_normal(shape, np.float32))
-    calls = {name: _repeated(layer, repeats) for name, layer in candidates.items()}
+    calls = {name: _repeated(layer) for name, layer in candidates.items()}
+    one = tf.constant(1)
     first = {}
     for name, call in calls.items():
-        call(x)  # trace, compile and warm up
-        first[name] = _timed(call, x)
+        call(x, one)  # trace, compile and warm up
+        first[name] = _timed(call, x, one)
     best = min(first.values())
+    repeats = tf.constant(int(np.clip(CALL_SECONDS / best, 1, 8)))
     times = {name: [] for name in calls if first[name] <= SLOWER_THAN_BEST * best}
     names = list(times)
     # At most about MEASURE_SECONDS per layer, and at least 3 rounds.
-    rounds = max(3, min(rounds, int(MEASURE_SECONDS / sum(first[n] for n in names))))
+    per_round = sum(first[n] for n in names) * int(repeats)
+    rounds = max(3, min(rounds, int(MEASURE_SECONDS / per_round)))
     for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            times[name].append(_timed(calls[name], x))
-    return {name: round(float(np.median(times.get(name) or [first[name]]) * 1e3 / repeats),
-                        4) for name in calls}
+            times[name].append(_timed(calls[name], x, repeats) / int(repeats))
+    return {name: round(float(np.median(times.get(name) or [first[name]]) * 1e3), 4)
+            for name in calls}
 
 
 def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
@@ -207,7 +213,7 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
     record.update(kind=kind, kernel_shape=list(shape), nnz=len(values),
                   sparsity=round(1 - len(values) / size, 6),
                   csr_bytes=len(values) * 8 + (shape[1] + 1) * 4)
-    if choice == "auto":
+    if choice in ("auto", "sparse"):
         shape_in = _input_shape(layer, batch_size)
         rows_of_batch = int(np.prod(_output_shape(layer, batch_size)[:-1]))
         names = [n for n in REPRESENTATIONS
@@ -216,12 +222,13 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
             record["not_measured"] = {"ell": f"{rows_of_batch} rows × {len(values)} "
                                              f"weights > {ELL_MAX_TERMS} gathered terms"}
         candidates = {name: _sparse_layer(layer, kernel, name) for name in names}
-        dense = _dense_twin(layer)
+        dense = _dense_twin(layer) if choice == "auto" else None
         if dense is not None:
             candidates["dense"] = dense
         record["measured_ms"] = _time_candidates(candidates, shape_in, rounds)
+        scope = "" if choice == "auto" else " among the sparse kernels"
         choice = min(record["measured_ms"], key=record["measured_ms"].get)
-        record["reason"] = f"fastest measured at batch {batch_size}"
+        record["reason"] = f"fastest measured at batch {batch_size}{scope}"
         chosen = candidates[choice]
     else:
         record["reason"] = "asked for"
@@ -356,8 +363,10 @@ def export(model, path: str, format: str = "saved_model", representation="auto",
         path: the folder to create: the SavedModel itself, or ``model.tflite``; both with
             ``rigl_export.json``.
         format: ``"saved_model"``, ``"tflite"`` or ``"auto"`` (the faster of the two).
-        representation: ``"auto"`` (per layer, the fastest measured), ``"dense"``, ``"ell"``,
-            ``"csr"``, or a dict of sparse layer name -> one of those (others ``"auto"``).
+        representation: ``"auto"`` (per layer, the fastest measured), ``"sparse"`` (the
+            fastest measured of the sparse kernels: the artefact stays small), ``"dense"``,
+            ``"ell"``, ``"csr"``, or a dict of sparse layer name -> one of those (others
+            ``"auto"``).
         batch_size: the batch the choices are measured at (1: latency).
         overwrite: replace ``path`` if it exists.
         rounds: timed calls per candidate.

@@ -2,7 +2,7 @@
 """Exports a trained run's model (``<workdir>/model.keras``) for inference.
 
     python scripts/export.py --workdir=/tmp/run --out=/tmp/run_export [--format=saved_model]
-        [--representation=auto] [--batch_size=1] [--overwrite]
+        [--representation=auto|sparse|dense|ell|csr] [--batch_size=1] [--overwrite]
 
 ``--format``: ``saved_model`` (sparse kernels picked per layer by measurement), ``tflite``
 (LiteRT with the converter's sparsity optimisation) or ``auto`` (the faster of the two at
@@ -30,9 +30,10 @@ OUT = flags.DEFINE_string("out", None, "The artefact's folder (must not exist, u
                           "--overwrite).")
 FORMAT = flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite", "auto"],
                            "Artefact format.")
-REPRESENTATION = flags.DEFINE_enum("representation", "auto", ["auto", "dense", "ell", "csr"],
-                                   "Sparse layers' kernel: measured per layer (auto) or one "
-                                   "for all (saved_model only).")
+REPRESENTATION = flags.DEFINE_enum(
+    "representation", "auto", ["auto", "sparse", "dense", "ell", "csr"],
+    "Sparse layers' kernel: the fastest measured per layer (auto), the fastest sparse kernel "
+    "(sparse: the smallest artefact), or one for all (saved_model only).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "The batch the choices are measured at.",
                                   lower_bound=1)
 OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
