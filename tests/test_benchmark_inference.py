@@ -49,8 +49,13 @@ def test_tiny_run_has_every_field(tiny):
         ("uniform", 0.9)]
     for cell in workload["cells"]:
         assert cell["dense_layers"] == []
-        assert set(cell["bytes_on_disk"]) == {"sparse_saved_model", "sparse_tflite"}
+        assert set(cell["bytes_on_disk"]) == {"sparse_saved_model", "sparse_tflite",
+                                              inference.SMALL}
         assert all(size > 0 for size in cell["bytes_on_disk"].values())
+        # The size-first export: sparse kernels only, within the size target.
+        assert set(cell["small"]["representations"]) <= {"ell", "csr"}
+        assert cell["small"]["sparse_layers"]["ratio"] <= inference.SIZE_TARGET
+        assert cell["accuracy"][inference.SMALL]["max_abs_diff"] < 1e-4
         # Every kernel sparse: h1, h2 (32x32) and out (32x10).
         assert [layer["name"] for layer in cell["layers"]] == ["h1", "h2", "out"]
         assert cell["nnz"] == sum(layer["nnz"] for layer in cell["layers"])
@@ -107,7 +112,7 @@ def test_throughput_export():
     (workload,) = result["workloads"]
     (cell,) = workload["cells"]
     assert set(cell["bytes_on_disk"]) == {"sparse_saved_model", "sparse_tflite",
-                                          "sparse_saved_model_8"}
+                                          inference.SMALL, "sparse_saved_model_8"}
     throughput = cell["throughput"]
     assert throughput["timed"]["sparse_saved_model"] == "sparse_saved_model_8"
     assert sum(throughput["representations"].values()) == 3
@@ -167,6 +172,12 @@ def test_targets_are_read_off_the_rows():
     assert size["met"] is False and size["found"] == "3 of 4 exports within; ratios 1.00–1.30"
     one = {"workloads": [{"workload": "lenet300_100", "cells": [_cell("erk", 0.9, 1.0, 0.8)]}]}
     assert inference.targets(one)[-1]["found"] == "1 of 1 exports within; ratio 0.80"
+    # A row with a size-first export is judged by it, not by the auto export.
+    with_small = _cell("erk", 0.9, 1.0, 4.9)
+    with_small["small"] = {"sparse_layers": {"ratio": 0.8}}
+    size = inference.targets({"workloads": [{"workload": "mlp1024",
+                                             "cells": [with_small]}]})[-1]
+    assert size["met"] is True and "representation='sparse'" in size["text"]
 
 
 def test_agreement():

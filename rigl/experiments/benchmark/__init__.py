@@ -30,8 +30,8 @@ Modules, one concern each:
 
 * ``workloads``: the workloads, variants and synthetic batch (what is timed).
 * ``harness``: timing windows, interleaved rounds, medians and ratios (how it is timed).
-* ``overhead``, ``pipeline``, ``peer``, ``storage``, ``inference``: the modes; ``memory``: the peak memory of
-  one configuration in a fresh process (``storage``).
+* ``overhead``, ``pipeline``, ``peer``, ``storage``, ``inference``: the modes; ``memory``:
+  the peak memory of one configuration in a fresh process (``storage``).
 * ``suite``: runs the selected modes and assembles the report.
 * ``report``: the machine's description and the markdown of a report (``--render``).
 

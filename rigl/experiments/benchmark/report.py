@@ -109,6 +109,17 @@ def _ratio(row) -> str:
     return f"{row['ratio']:.2f} ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
 
 
+def _small(cell) -> str:
+    """The size-first export's MB, sparse layers / CSR and representations, or ``—``."""
+    small = cell.get("small")
+    if not small:
+        return "—"
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(small["representations"].items()))
+    ratio = (small.get("sparse_layers") or {}).get("ratio")
+    return (f"{_mb(cell['bytes_on_disk'].get('sparse_saved_model_small'))}, "
+            f"{_fmt(ratio, '.2f')}, {kinds}")
+
+
 def _storage_lines(storage) -> list[str]:
     widths = storage["widths"]
     kinds = [row for w in widths for row in [w["dense"], *w["masked"], *w["sparse"]]]
@@ -286,12 +297,14 @@ def _inference_lines(result) -> list[str]:
               f"the timed batch of {big} (per position for the char-GRU); size on disk (MB = "
               "MiB); the sparse layers' stored bytes / CSR bytes (nnz × 4 + index bytes, "
               f"target ≤ {inference_mode.SIZE_TARGET}) and their representations in the "
-              "SavedModel exported at batch 1; seconds to export the sparse SavedModel / "
-              "LiteRT, and the whole row:", "",
+              "SavedModel exported at batch 1, then the same of the size-first SavedModel "
+              "(`representation='sparse'`, where the row has one); seconds to export the "
+              "sparse SavedModel / LiteRT, and the whole row:", "",
               "| workload | distribution | sparsity | nnz | max diff SavedModel | max diff "
               "LiteRT | top-1 agreement SavedModel / LiteRT | MB: " + columns.replace(" | ", " / ")
-              + " | sparse layers / CSR | representations | export s | row s |",
-              "|---" * 12 + "|"]
+              + " | sparse layers / CSR | representations | size-first: MB, / CSR, "
+              "representations | export s | row s |",
+              "|---" * 13 + "|"]
     for w, c in cells:
         acc, size = c["accuracy"], {**w["dense"]["bytes_on_disk"], **c["bytes_on_disk"]}
         layers = c.get("sparse_layers") or {}
@@ -303,7 +316,7 @@ def _inference_lines(result) -> list[str]:
             f"{acc['sparse_saved_model']['top1_agreement']:.3f} / "
             f"{acc['sparse_tflite']['top1_agreement']:.3f} | "
             + " / ".join(_mb(size.get(n)) for n in _EXPORT_LABELS)
-            + f" | {_fmt(layers.get('ratio'), '.2f')} | {kinds} | "
+            + f" | {_fmt(layers.get('ratio'), '.2f')} | {kinds} | {_small(c)} | "
             f"{c['export_s']['sparse_saved_model']:.0f} / {c['export_s']['sparse_tflite']:.0f}"
             f" | {c['seconds']:.0f} |")
     lines += ["", "Targets (issue 16, read off the rows above; speed: the faster sparse export "
