@@ -35,13 +35,14 @@ def _run(*args, timeout=600):
 def tiny_report():
     done = _run("--modes=overhead,peer", "--workloads=tiny", "--json",
                 "--bench_python=/nonexistent/python",
-                "--variants=dense,static,set,snfs,rigl,prune,dense_other_xla")
+                "--variants=dense,static,set,snfs,rigl,prune,granet,srigl,dense_other_xla")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
 def test_variants_are_the_registry_methods_with_a_recurring_cost():
-    assert workloads.VARIANTS == ("dense", "static", "set", "snfs", "rigl", "prune")
+    assert workloads.VARIANTS == ("dense", "static", "set", "snfs", "rigl", "prune", "granet",
+                                  "srigl")
     for name in workloads.VARIANTS[1:]:
         assert rigl.methods.get_method(name).masked, name
     assert set(workloads.NOT_TIMED) <= set(rigl.METHODS)
@@ -53,8 +54,8 @@ def test_tiny_overhead_run_reports_every_variant(tiny_report):
     assert result["masked_layers"] == 3 and result["masked_weights"] > 0
     assert result["period_steps"] == 100  # a 3-step window stands for one ΔT period
     variants = result["variants"]
-    assert list(variants) == ["dense", "static", "set", "snfs", "rigl", "prune",
-                              "dense_other_xla"]
+    assert list(variants) == ["dense", "static", "set", "snfs", "rigl", "prune", "granet",
+                              "srigl", "dense_other_xla"]
     assert variants["dense"]["ratio"] == 1.0
     # --jit_compile=auto: the tiny workload runs without XLA, so the diagnostic runs with.
     assert tiny_report["jit_compile"] == "auto" and result["jit_compile"] is False
