@@ -313,7 +313,7 @@ def _run_script(tmp_path_factory, name: str, body: str) -> dict:
     path.write_text(PRELUDE + body)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=900, env=env
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
     assert proc.returncode == 0 and lines, (
