@@ -113,6 +113,11 @@ def test_method_swap_by_one_binding(data_dir, tmp_path, method):
         assert train == pytest.approx((2 * inference + 1) / 3)
     elif method == "rigl":  # (3·f_S·ΔT + 2·f_S + f_D) / (ΔT + 1), ΔT = 20
         assert train == pytest.approx((3 * inference * 20 + 2 * inference + 1) / 21 / 3)
+    elif method == "srigl":  # RigL's rule; f_S moves as ablation moves the layers' counts
+        assert train == pytest.approx((3 * inference * 20 + 2 * inference + 1) / 21 / 3,
+                                      rel=0.01)
+    elif method == "granet":  # global pruning: the layers' sparsities follow the magnitudes
+        assert 0.0 < inference < 0.2 and inference < train < 1.0
     else:
         assert inference == pytest.approx(0.1007, abs=1e-3) and train == inference
 
