@@ -204,17 +204,12 @@ def _time_candidates(candidates: dict, shape: tuple, rounds: int) -> dict:
 def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
     """The layer to put in the artefact for ``layer`` and its metadata record."""
     kernel = _kernel_of(layer)
-    record = {"name": layer.name, "layer": type(layer).__name__}
+    record = _layer_record(layer, kernel)
     if kernel is None:
-        record.update(kind=PLAIN_TWINS.get(type(layer), type(layer)).__name__,
-                      representation="dense",
-                      reason="no sparse kernel for this layer kind")
+        record.update(representation="dense", reason="no sparse kernel for this layer kind")
         return _dense_twin(layer), record
     rows, cols, values, shape, kind, _ = kernel
     size = int(np.prod(shape))
-    record.update(kind=kind, kernel_shape=list(shape), nnz=len(values),
-                  sparsity=round(1 - len(values) / size, 6),
-                  csr_bytes=len(values) * 8 + (shape[1] + 1) * 4)
     if choice in ("auto", "sparse"):
         shape_in = _input_shape(layer, batch_size)
         rows_of_batch = int(np.prod(_output_shape(layer, batch_size)[:-1]))
@@ -488,15 +483,20 @@ def _write_saved_model(model, path: str, batch_size: int, rounds: int) -> dict:
                                                    else v for k, v in times.items()}}
 
 
-def _litert_record(layer) -> dict:
-    kernel = _kernel_of(layer)
+def _layer_record(layer, kernel) -> dict:
+    """A sparse layer's metadata: its kind and, where it has a sparse kernel (``kernel``, of
+    ``_kernel_of``), shape, nnz, sparsity and CSR bytes (nnz × 4 + nnz × 4 + (n_out + 1) × 4)."""
     record = {"name": layer.name, "layer": type(layer).__name__}
     if kernel is None:
-        return dict(record, kind=type(layer).__name__)
+        return dict(record, kind=PLAIN_TWINS.get(type(layer), type(layer)).__name__)
     _, _, values, shape, kind, _ = kernel
     return dict(record, kind=kind, kernel_shape=list(shape), nnz=len(values),
                 sparsity=round(1 - len(values) / int(np.prod(shape)), 6),
                 csr_bytes=len(values) * 8 + (shape[1] + 1) * 4)
+
+
+def _litert_record(layer) -> dict:
+    return _layer_record(layer, _kernel_of(layer))
 
 
 def _totals(metadata: dict, folder: str) -> None:
