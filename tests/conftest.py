@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 
@@ -72,14 +71,3 @@ def train_gin(configs, bindings=(), workdir=None, dry_run=False):
     finally:
         os.chdir(cwd)
         gin.clear_config()
-
-
-@pytest.fixture(autouse=True)
-def _absl_log_level_restored():
-    """Restores the "absl" logger's level after every test: some libraries set it while they
-    run (absl flag parsing; the LiteRT converter used by rigl.export), and tests that read
-    INFO lines with caplog (resuming, the run lock) would then see none."""
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    yield
-    absl_logger.setLevel(level)

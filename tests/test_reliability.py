@@ -131,7 +131,7 @@ def test_damaged_newest_checkpoint_falls_back_and_resumes(finished, tmp_path, da
     path = _copy(finished, tmp_path)
     newest = str(path / "checkpoints" / "ckpt-60")
     DAMAGE[damage](newest)
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     results = _train(path, SHORT, data_dir)
     assert f"checkpoint {newest} is damaged" in caplog.text
     assert f"Resumed from {path / 'checkpoints' / 'ckpt-40'}" in caplog.text
@@ -151,7 +151,7 @@ def test_checkpoint_state_file_lost_still_resumes_from_the_newest(finished, tmp_
         state_file.unlink()
     else:
         state_file.write_text("")
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     results = _train(path, SHORT, data_dir)
     assert f"Resumed from {path / 'checkpoints' / 'ckpt-60'}" in caplog.text
     # Nothing trained again: the time and the final evaluation are those of the first run.

@@ -83,7 +83,7 @@ def test_lock_held_by_another_process_then_taken_over_once_it_is_killed(tmp_path
             holder.kill()
             holder.wait()
     assert json.loads(open(os.path.join(run, workdir.LOCK_FILE)).read())["pid"] == holder.pid
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     with workdir.RunLock(run):
         holder_now = json.loads(open(os.path.join(run, workdir.LOCK_FILE)).read())
         assert holder_now["pid"] == os.getpid()
