@@ -69,8 +69,9 @@ def ell_slices(counts, tolerance: float = SLICE_TOLERANCE) -> list[np.ndarray]:
     return slices
 
 
-def ell_arrays(rows, cols, values, shape):
-    """The sliced-ELL tables of ``W`` (``(n_in, n_out)``) with ``values`` at ``(rows, cols)``.
+def ell_arrays(rows, cols, values, shape, tolerance: float = SLICE_TOLERANCE):
+    """The sliced-ELL tables of ``W`` (``(n_in, n_out)``) with ``values`` at ``(rows, cols)``,
+    sliced by ``ell_slices(counts, tolerance)``.
 
     Returns ``(slices, inverse)``: ``slices`` a list of ``(input_indices, weights)`` pairs of
     shape ``(neurons, width)`` (index type from ``index_dtype``), ``inverse`` the int32
@@ -86,7 +87,7 @@ def ell_arrays(rows, cols, values, shape):
     rank = np.arange(len(outputs)) - starts[outputs]  # position within its neuron's inputs
     kind = index_dtype(n_in)
     slices = []
-    for neurons in ell_slices(counts):
+    for neurons in ell_slices(counts, tolerance):
         width = int(counts[neurons[0]])
         table = np.zeros((len(neurons), width), kind)
         table_w = np.zeros((len(neurons), width), np.float32)
@@ -96,7 +97,7 @@ def ell_arrays(rows, cols, values, shape):
         table[slot[outputs[take]], rank[take]] = inputs[take]
         table_w[slot[outputs[take]], rank[take]] = weights[take]
         slices.append((table, table_w))
-    order = np.concatenate(ell_slices(counts))
+    order = np.concatenate(ell_slices(counts, tolerance))
     inverse = np.empty(n_out, np.int32)
     inverse[order] = np.arange(n_out, dtype=np.int32)
     return slices, inverse

@@ -27,19 +27,42 @@ included) in both storages. Both use ``rigl.experiments.benchmark.storage``, who
 measures the same at several widths and sparsities, with the update's ratio to a step, peak
 memory and the crossover.
 
+``--mode=inference`` times the forward product ``x @ W`` alone, at ``--batch`` (1 by default
+in this mode: one request), for every way of running it that ``rigl.export`` weighed
+(``docs/performance.md``, "Inference export", records a run):
+
+* the dense product (``dense``, ``dense_xla``);
+* the export's sliced ELL compiled with XLA (``ell_xla``), the same without XLA
+  (``ell_plain``), and as one table padded to the widest neuron (``ell_one_slice``);
+* CSR rebuilt from its arrays at every call, as a SavedModel must (``csr_rebuilt``), and
+  built once (``csr_prebuilt``, run eagerly: a graph cannot capture the CSR object);
+* COO ``tf.sparse.sparse_dense_matmul`` (``coo``); gather + ``unsorted_segment_sum``
+  (``segment``);
+* LiteRT on a one-layer flatbuffer (all cores, as ``rigl.load_exported`` runs it),
+  converted plain (``litert_dense``) and with the converter's sparsity optimisation
+  (``litert_sparse``; needs ``requirements-export.txt``).
+
+Each figure is the median over rounds of ``--repeats`` calls (per call, Python's call
+included, as a served request pays it); every variant's output is checked against the dense
+product in float64 (``max_abs_diff``).
+
     TF_CPP_MIN_LOG_LEVEL=3 python scripts/bench_sparse_matmul.py --n=4096 --batch=128 \\
         --densities=0.1,0.01,0.001 --rounds=7 [--mode=kernels|step|update] [--json]
+    TF_CPP_MIN_LOG_LEVEL=3 python scripts/bench_sparse_matmul.py --mode=inference --n=4096 \\
+        --densities=0.1,0.05,0.02,0.01 --rounds=15
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from rigl import inference_layers
 from rigl.experiments.benchmark import storage, workloads
 from rigl.sparse_layers import sampled_product, sparse_matmul
 
@@ -48,6 +71,10 @@ def _csr(rows, cols, values, shape):
     indices = tf.cast(tf.stack([rows, cols], 1), tf.int64)
     return tf.raw_ops.SparseTensorToCSRSparseMatrix(
         indices=indices, values=values, dense_shape=tf.constant(shape, tf.int64))
+
+
+KERNELS = ("dense_step", "layer_step", "csr_build", "csr_w_t", "csr_wt", "coo", "segment",
+           "csr_w", "sampled_xla", "sampled_plain")
 
 
 def kernels(n):
@@ -103,6 +130,7 @@ def kernels(n):
     found = dict(dense_step=dense_step, layer_step=layer_step, csr_build=csr_build,
                  csr_w_t=csr_w_t, csr_wt=csr_wt, coo=coo, segment=segment, csr_w=csr_w,
                  sampled_xla=sampled_xla, sampled_plain=sampled_plain)
+    assert tuple(found) == KERNELS
     return {name: tf.function(fn) for name, fn in found.items()}
 
 
@@ -169,22 +197,137 @@ def measure_updates(n, batch, density, rounds, seed=0):
             "median_ms": {k: 1e3 * v for k, v in times.items()}}
 
 
+INFERENCE_KERNELS = ("dense", "dense_xla", "ell_xla", "ell_plain", "ell_one_slice",
+                     "csr_rebuilt", "csr_prebuilt", "coo", "segment", "litert_dense",
+                     "litert_sparse")
+
+
+def _litert(w, batch, sparse):
+    """A callable running ``x @ w`` in the LiteRT interpreter from a one-layer flatbuffer."""
+    from ai_edge_litert import interpreter
+
+    module = tf.Module()
+    module.w = tf.constant(w)
+    module.f = tf.function(lambda x: tf.matmul(x, module.w),
+                           input_signature=[tf.TensorSpec((batch, w.shape[0]), tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.f.get_concrete_function()], module)
+    if sparse:
+        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    runner = interpreter.Interpreter(model_content=converter.convert(),
+                                     num_threads=os.cpu_count())
+    runner.allocate_tensors()
+    into = runner.get_input_details()[0]["index"]
+    out = runner.get_output_details()[0]["index"]
+
+    def call(x):
+        runner.set_tensor(into, x)
+        runner.invoke()
+        return runner.get_tensor(out)
+    return call
+
+
+def inference_kernels(w, rows, cols, values, batch, names):
+    """name -> callable of ``x`` (numpy, ``(batch, n)``) returning ``x @ w`` as numpy."""
+    n_in, n_out = w.shape
+    shape = (n_in, n_out)
+    dense_w = tf.constant(w)
+
+    def tables(tolerance):
+        slices, inverse = inference_layers.ell_arrays(rows, cols, values, shape, tolerance)
+        return ([tf.constant(t) for t, _ in slices], [tf.constant(v) for _, v in slices],
+                tf.constant(inverse))
+
+    sliced, one_slice = tables(inference_layers.SLICE_TOLERANCE), tables(1.0)
+    ell_plain = tf.function(inference_layers._ell_product.python_function)
+    pointers, inputs, ordered = (tf.constant(a) for a in
+                                 inference_layers.csr_arrays(rows, cols, values, shape))
+    transposed = tf.constant(np.stack([cols, rows], 1).astype(np.int64))
+    by_output = np.lexsort((rows, cols))
+    csr = tf.raw_ops.SparseTensorToCSRSparseMatrix(
+        indices=tf.gather(transposed, by_output), values=tf.gather(values, by_output),
+        dense_shape=tf.constant((n_out, n_in), tf.int64))
+    coo = tf.sparse.reorder(tf.SparseTensor(transposed, values, (n_out, n_in)))
+    sources, targets = tf.constant(rows), tf.constant(cols)
+    graphs = {
+        "dense": tf.function(lambda x: tf.matmul(x, dense_w)),
+        "dense_xla": tf.function(lambda x: tf.matmul(x, dense_w), jit_compile=True),
+        "ell_xla": lambda x: inference_layers._ell_product(x, *sliced),
+        "ell_plain": lambda x: ell_plain(x, *sliced),
+        "ell_one_slice": lambda x: inference_layers._ell_product(x, *one_slice),
+        "csr_rebuilt": tf.function(lambda x: inference_layers._csr_product(
+            x, pointers, inputs, ordered, n_out)),
+        # eager: a graph cannot capture the CSR variant (its shape info is lost)
+        "csr_prebuilt": lambda x: tf.raw_ops.SparseMatrixMatMul(
+            a=csr, b=x, transpose_b=True, transpose_output=True),
+        "coo": tf.function(lambda x: tf.transpose(
+            tf.sparse.sparse_dense_matmul(coo, x, adjoint_b=True))),
+        "segment": tf.function(lambda x: tf.transpose(tf.math.unsorted_segment_sum(
+            tf.transpose(tf.gather(x, sources, axis=1) * values), targets, n_out))),
+    }
+    found = {}
+    for name in names:
+        if name.startswith("litert_"):
+            found[name] = _litert(w, batch, name == "litert_sparse")
+        else:
+            graph = graphs[name]
+            found[name] = lambda x, graph=graph: graph(tf.constant(x)).numpy()
+    return found
+
+
+def measure_inference(n, batch, density, rounds, repeats, names, seed=0):
+    """``x @ W`` for an ``n x n`` W at ``density``: median ms per call over ``rounds``
+    interleaved rounds of ``repeats`` calls, and each variant's max |diff| from dense."""
+    rng = np.random.default_rng(seed)
+    nnz = max(1, int(round(density * n * n)))
+    flat = np.sort(rng.choice(n * n, nnz, replace=False))
+    rows, cols = (flat // n).astype(np.int32), (flat % n).astype(np.int32)
+    values = rng.standard_normal(nnz).astype(np.float32)
+    w = np.zeros((n, n), np.float32)
+    w[rows, cols] = values
+    x = rng.standard_normal((batch, n)).astype(np.float32)
+    fns = inference_kernels(w, rows, cols, values, batch, names)
+    expected = x.astype(np.float64) @ w
+    diff = {name: float(np.max(np.abs(fn(x) - expected))) for name, fn in fns.items()}
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fns[name](x)
+            times[name].append((time.perf_counter() - start) / repeats)
+    return {"n": n, "batch": batch, "density": density, "nnz": nnz, "mode": "inference",
+            "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+            "min_ms": {k: 1e3 * float(np.min(v)) for k, v in times.items()},
+            "max_abs_diff": diff}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="rows of x (default 128; 1 for --mode=inference)")
     parser.add_argument("--densities", default="0.1,0.01,0.001")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--kernels", default="dense_step,layer_step,csr_build,csr_w_t,"
-                        "csr_wt,coo,segment,csr_w,sampled_xla,sampled_plain")
-    parser.add_argument("--mode", choices=["kernels", "step", "update"], default="kernels")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="calls per round and variant (--mode=inference)")
+    parser.add_argument("--kernels", default=None,
+                        help="comma-separated variants (default: all of the mode's)")
+    parser.add_argument("--mode", choices=["kernels", "step", "update", "inference"],
+                        default="kernels")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    names = args.kernels.split(",")
+    batch = args.batch or (1 if args.mode == "inference" else 128)
+    known = INFERENCE_KERNELS if args.mode == "inference" else KERNELS
+    names = args.kernels.split(",") if args.kernels else list(known)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"--kernels: unknown {unknown} for --mode={args.mode}; expected a "
+                     f"subset of {','.join(known)}")
     densities = [float(d) for d in args.densities.split(",")]
-    if args.mode != "kernels":
+    if args.mode in ("step", "update"):
         measure_mode = measure_steps if args.mode == "step" else measure_updates
-        results = [measure_mode(args.n, args.batch, d, args.rounds) for d in densities]
+        results = [measure_mode(args.n, batch, d, args.rounds) for d in densities]
         if args.json:
             print(json.dumps(results, indent=1))
             return
@@ -193,19 +336,35 @@ def main():
                                                  else "") for k, v in r["median_ms"].items())
             print(f"n={r['n']} batch={r['batch']} density={r['density']}: {cells} ms")
         return
-    results = [measure(args.n, args.batch, d, args.rounds, names) for d in densities]
+    if args.mode == "inference":
+        results = [measure_inference(args.n, batch, d, args.rounds, args.repeats, names)
+                   for d in densities]
+        baseline, best_of = "dense", [k for k in names if k not in ("dense", "dense_xla")]
+        caption = (f"n={args.n} batch={batch}: median ms per call over {args.rounds} "
+                   f"interleaved rounds of {args.repeats} calls (min); ratio = fastest dense "
+                   "/ fastest sparse")
+    else:
+        results = [measure(args.n, batch, d, args.rounds, names) for d in densities]
+        baseline, best_of = "dense_step", ["layer_step"]
+        caption = (f"n={args.n} batch={batch}: median ms over {args.rounds} interleaved "
+                   "rounds (min); ratio = dense_step / layer_step")
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    print(f"n={args.n} batch={args.batch}: median ms over {args.rounds} interleaved rounds "
-          "(min); ratio = dense_step / layer_step")
+    print(caption)
     print("| density | nnz | " + " | ".join(names) + " | ratio |")
     print("|" + "---|" * (len(names) + 3))
     for r in results:
         cells = [f"{r['median_ms'][k]:.2f} ({r['min_ms'][k]:.2f})" for k in names]
-        ratio = (r["median_ms"]["dense_step"] / r["median_ms"]["layer_step"]
-                 if {"dense_step", "layer_step"} <= set(names) else float("nan"))
+        dense = [r["median_ms"][k] for k in names if k.startswith(baseline) or
+                 (args.mode == "inference" and k == "litert_dense")]
+        sparse = [r["median_ms"][k] for k in best_of if k in names and k != "litert_dense"]
+        ratio = min(dense) / min(sparse) if dense and sparse else float("nan")
         print(f"| {r['density']} | {r['nnz']} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+        if "max_abs_diff" in r:
+            worst = max(r["max_abs_diff"], key=r["max_abs_diff"].get)
+            print(f"|  | max abs diff from float64 dense: {r['max_abs_diff'][worst]:.1e} "
+                  f"({worst}) |")
 
 
 if __name__ == "__main__":
