@@ -44,7 +44,8 @@ in this mode: one request), for every way of running it that ``rigl.export`` wei
 
 Each figure is the median over rounds of ``--repeats`` calls (per call, Python's call
 included, as a served request pays it); every variant's output is checked against the dense
-product in float64 (``max_abs_diff``).
+product in float64 (``max_abs_diff``). ``--cold_cache`` evicts the CPU caches before each
+call (untimed), as a model whose layers together exceed them does.
 
     TF_CPP_MIN_LOG_LEVEL=3 python scripts/bench_sparse_matmul.py --n=4096 --batch=128 \\
         --densities=0.1,0.01,0.001 --rounds=7 [--mode=kernels|step|update] [--json]
@@ -275,9 +276,16 @@ def inference_kernels(w, rows, cols, values, batch, names):
     return found
 
 
-def measure_inference(n, batch, density, rounds, repeats, names, seed=0):
+FLUSH_BYTES = 128 << 20
+
+
+def measure_inference(n, batch, density, rounds, repeats, names, seed=0, cold=False):
     """``x @ W`` for an ``n x n`` W at ``density``: median ms per call over ``rounds``
-    interleaved rounds of ``repeats`` calls, and each variant's max |diff| from dense."""
+    interleaved rounds of ``repeats`` calls, and each variant's max |diff| from dense.
+
+    ``cold``: before each call (untimed), ``FLUSH_BYTES`` are written and read so that the
+    weights start out of the CPU's caches, as in a model whose layers together exceed them.
+    """
     rng = np.random.default_rng(seed)
     nnz = max(1, int(round(density * n * n)))
     flat = np.sort(rng.choice(n * n, nnz, replace=False))
@@ -289,14 +297,21 @@ def measure_inference(n, batch, density, rounds, repeats, names, seed=0):
     fns = inference_kernels(w, rows, cols, values, batch, names)
     expected = x.astype(np.float64) @ w
     diff = {name: float(np.max(np.abs(fn(x) - expected))) for name, fn in fns.items()}
+    flush = np.ones(FLUSH_BYTES // 4, np.float32) if cold else None
     times = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            total = 0.0
             for _ in range(repeats):
+                if cold:
+                    flush += 1.0
+                    flush.sum()
+                start = time.perf_counter()
                 fns[name](x)
-            times[name].append((time.perf_counter() - start) / repeats)
+                total += time.perf_counter() - start
+            times[name].append(total / repeats)
     return {"n": n, "batch": batch, "density": density, "nnz": nnz, "mode": "inference",
+            "cold_cache": cold,
             "median_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
             "min_ms": {k: 1e3 * float(np.min(v)) for k, v in times.items()},
             "max_abs_diff": diff}
@@ -315,6 +330,8 @@ def main():
                         help="comma-separated variants (default: all of the mode's)")
     parser.add_argument("--mode", choices=["kernels", "step", "update", "inference"],
                         default="kernels")
+    parser.add_argument("--cold_cache", action="store_true",
+                        help="--mode=inference: evict the CPU caches before each call")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     batch = args.batch or (1 if args.mode == "inference" else 128)
@@ -337,12 +354,13 @@ def main():
             print(f"n={r['n']} batch={r['batch']} density={r['density']}: {cells} ms")
         return
     if args.mode == "inference":
-        results = [measure_inference(args.n, batch, d, args.rounds, args.repeats, names)
-                   for d in densities]
+        results = [measure_inference(args.n, batch, d, args.rounds, args.repeats, names,
+                                     cold=args.cold_cache) for d in densities]
         baseline, best_of = "dense", [k for k in names if k not in ("dense", "dense_xla")]
         caption = (f"n={args.n} batch={batch}: median ms per call over {args.rounds} "
-                   f"interleaved rounds of {args.repeats} calls (min); ratio = fastest dense "
-                   "/ fastest sparse")
+                   f"interleaved rounds of {args.repeats} calls (min)"
+                   f"{', caches evicted before each call' if args.cold_cache else ''}; "
+                   "ratio = fastest dense / fastest sparse")
     else:
         results = [measure(args.n, batch, d, args.rounds, names) for d in densities]
         baseline, best_of = "dense_step", ["layer_step"]

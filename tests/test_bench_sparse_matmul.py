@@ -19,10 +19,11 @@ def bench():
         yield module
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_every_inference_variant_computes_the_product(bench, batch):
+@pytest.mark.parametrize("batch, cold", [(1, False), (3, False), (1, True)])
+def test_every_inference_variant_computes_the_product(bench, batch, cold):
     result = bench.measure_inference(48, batch, 0.1, rounds=1, repeats=1,
-                                     names=list(bench.INFERENCE_KERNELS))
+                                     names=list(bench.INFERENCE_KERNELS), cold=cold)
+    assert result["cold_cache"] is cold
     assert set(result["max_abs_diff"]) == set(bench.INFERENCE_KERNELS)
     for name, diff in result["max_abs_diff"].items():
         assert diff < 1e-4, name
