@@ -44,11 +44,14 @@ def test_every_config_is_covered():
         assert header.startswith("#"), f"{config} has no header comment"
 
 
-# Smoke training these takes 1.5-2 min each on 2 cores; they differ from resnet50.gin (which
-# smoke-trains in CI) in the distribution or the network, which their dry runs and
-# tests/test_models.py cover. They smoke-train under `-m slow`.
+# Smoke training these takes 1-2 min each on 2 cores; they differ from configs that
+# smoke-train in CI (resnet50.gin for the ImageNet networks, char_rnn/tiny_shakespeare.gin
+# for the character GRU) in the distribution, the network or the dataset, which their dry
+# runs and tests/test_models.py cover. They smoke-train under `-m slow`.
 SLOW_SMOKE = {os.path.join("gin_configs", "imagenet", name) for name in (
-    "resnet50_erk.gin", "resnet50_uniform.gin", "mobilenet_v1.gin", "mobilenet_v2.gin")}
+    "resnet50_erk.gin", "resnet50_uniform.gin", "mobilenet_v1.gin", "mobilenet_v2.gin")} | {
+    os.path.join("gin_configs", "cifar10", "wrn22_2.gin"),
+    os.path.join("gin_configs", "char_rnn", "wikitext103.gin")}
 
 
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS)
