@@ -170,7 +170,9 @@ def conventions(counting: str) -> Conventions:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """The sparsity-independent facts of one counted kernel.
+    """The sparsity-independent facts of one counted kernel, as a counting sees them
+    (``fan_in``, ``outputs`` and ``channels`` of a padded stem or a depthwise layer depend on
+    it: see the module docstring).
 
     Attributes:
         name: row key: the layer name, or ``"<gru>/kernel"`` / ``"<gru>/recurrent_kernel"``.
