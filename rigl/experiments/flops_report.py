@@ -295,13 +295,13 @@ class _Figures:
                                      small_dense_match=small_dense_match)
         return self._cache[key]
 
-    def train(self, method, base, multiplier, rule=None):
-        """Training FLOPs of a ``multiplier``x run of ``method`` (its FLOPs rule, or that of
-        ``rule``) relative to the dense 1x run."""
-        rule = rule or method
-        schedule = self.schedule if methods.get_method(rule).flops_rule in SCHEDULED_RULES else {}
+    def train(self, method, base, multiplier):
+        """Training FLOPs of a ``multiplier``x run of ``method`` on the model ``base`` counted
+        (a ``count`` result), relative to the dense 1x run."""
+        rule = methods.get_method(method).flops_rule
+        schedule = self.schedule if rule in SCHEDULED_RULES else {}
         return flops.train_flops_ratio(
-            rule, base["dense_inference_flops"], base["inference_flops"], multiplier,
+            method, base["dense_inference_flops"], base["inference_flops"], multiplier,
             counting=self.counter.counting, update_freq=PAPER_SETUP["update_freq"], **schedule)
 
     def figure(self, name, method, distribution, sparsity, multiplier=1.0, **config):
