@@ -3,6 +3,45 @@ https://arxiv.org/abs/1911.11134, Appendix H), with the MicroNet challenge count
 paper's code used (``google_research/micronet_challenge/counting.py`` via
 ``rigl/sparse_utils.py:get_stats``).
 
+Two countings (``counting=`` of every function here; ``COUNTINGS``)
+    ``"paper"`` (the default) counts as the reference did, so that a figure printed to the
+    paper's digits is the paper's; ``"exact"`` counts the model as it is. They differ in three
+    conventions only (``Conventions``), everything below being common to both:
+
+    * *Padded stem and depthwise convolutions.* MicroNet counts a convolution from the input
+      it is given, with 'same' output sizes, and the reference's Keras models pad some layers
+      explicitly: the ResNet-50 it counted (``tensorflow/tpu``'s ``resnet50_keras``) its stem
+      (3 pixels a side), ``keras.applications``' MobileNets their stem and every strided
+      depthwise convolution; the padding is then counted twice. ``"paper"`` counts the first
+      counted layer and every ``DepthwiseConv2D`` fed by a ``ZeroPadding2D`` from the padded
+      input: ResNet-50's stem at 115×115 outputs (from 230×230; its real output is 112×112),
+      +0.16% dense FLOPs (8.202e9 instead of 8.189e9) and up to +0.0015 on the sparse
+      ratios, the more the sparser the rest (uniform 90% with a dense stem: 0.1285 instead
+      of 0.1272), which changes printed digits (RigL 5x, uniform 80%: 1.14x instead of
+      1.13x); MobileNet-v1's stem at 113×113 and its strided depthwise layers at 57, 29, 15
+      and 8 instead of 56, 28, 14, 7. Other explicit paddings (ResNet-50's strided 3×3
+      convolutions, which the reference's Keras ResNet-50 padded 'same') are undone in both
+      countings; ``"exact"`` undoes every ``ZeroPadding2D``.
+    * *Depthwise convolutions.* In TF1 Keras ``DepthwiseConv2D`` subclassed ``Conv2D``, so
+      ``get_stats`` counted it as a convolution with kernel ``(kh, kw, c_in, multiplier)``:
+      the same multiplications, but the bias and activation terms once per spatial position
+      instead of once per channel, and in the size one bias per multiplier instead of one per
+      channel. ``"paper"`` does the same (``fan_in = kh·kw·c_in``,
+      ``N_out = H'·W'·multiplier``, ``multiplier`` channels); ``"exact"`` counts per channel
+      (``fan_in = kh·kw``, ``N_out = H'·W'·c_in·multiplier``).
+    * *Gradual pruning's mean FLOPs* (``pruning_progress``). ``"paper"`` averages the
+      schedule's cubic sampled every ``frequency`` steps from step 0 to the last step, both
+      included (the reference's notebook: 33 samples for 32,000 steps, 0.560 of the dense
+      FLOPs for ResNet-50 at 80%); ``"exact"`` averages over every step the sparsity of the
+      latest update at or before it (0.571).
+
+    With ``"paper"`` the dense ResNet-50 is 8.202e9 FLOPs and 102.122 MB (``"exact"``:
+    8.189e9, 102.122), MobileNet-v1 1,141.544 MFLOPs and 16.864 MB, the reference
+    notebook's figures to the last digit (``"exact"``: 1,142.524 and 16.884), MobileNet-v2
+    606.9 and 13.923 (608.2, 13.951). Models without a padded stem, depthwise layers or a
+    pruning schedule (the MLPs, LeNet-5, the small CNN, WRN-22-2, the GRU) count the same in
+    both. ``scripts/flops_table.py --paper`` compares every published figure with ours.
+
 What is counted
     Only the maskable layers: ``Conv2D``, ``DepthwiseConv2D``, ``Dense`` (plain Keras, rigl's
     masked twins, or ``rigl.SparseDense``: a Dense of its ``kernel_shape``) and ``GRU``. Batch
@@ -24,17 +63,13 @@ FLOPs of a row (one example, forward pass)
 
     * ``Conv2D``: ``fan_in = kh·kw·c_in/groups``, ``N_out = ceil(H/sh)·ceil(W/sw)·c_out`` with
       ``H×W`` the input's spatial size: output sizes are those of 'same' padding whatever the
-      layer's padding, as the reference (which passes ``'same'`` for every layer). A
-      ``ZeroPadding2D`` feeding the layer is taken as part of that padding: the input size is
-      the one before it (ResNet-50's stem then counts a 112×112 output, as it has; the
-      reference's Keras ResNet-50 padded its stem the same way but was counted from the
-      padded 230×230 input, i.e. 115×115 outputs, 0.16% more dense FLOPs than here).
-    * ``DepthwiseConv2D``: ``fan_in = kh·kw``, ``N_out = ceil(H/sh)·ceil(W/sw)·c_in·multiplier``,
-      i.e. the same formula, bias and activation included. This is MicroNet's
-      ``DepthWiseConv2D`` with ``use_bias=True`` and ReLU, which is how ``get_stats`` asks for
-      it. (In TF1 Keras ``DepthwiseConv2D`` subclassed ``Conv2D``, so ``get_stats`` actually
-      dispatched it to the convolution branch, counting the same multiplications but one bias
-      and activation per spatial position instead of per channel; we count per channel.)
+      layer's padding, as the reference (which passes ``'same'`` for every layer; for an odd
+      kernel MicroNet's output size is this one, for an even one it has one more). The input
+      size is the one before any ``ZeroPadding2D`` feeding the layer, but for ``"paper"``'s
+      padded stem (above).
+    * ``DepthwiseConv2D``: the same formula, with ``fan_in`` and ``N_out`` as the counting
+      says (above): ``exact`` is MicroNet's ``DepthWiseConv2D`` with ``use_bias=True`` and
+      ReLU, which is how ``get_stats`` asks for it; ``paper`` is what it got.
     * ``Dense``: ``fan_in`` = input units; ``N_out`` = units times any leading non-batch dims
       (a Dense applied at every time step counts every step).
     * ``GRU`` with ``U`` units over ``T`` time steps: two dense rows per time step, the input
@@ -45,7 +80,8 @@ FLOPs of a row (one example, forward pass)
     nonzero count; a ``SparseDense`` its active count, the same figure, read in O(nnz)), or
     for a plain layer from a ``{row name: sparsity}`` map, with the nonzero count
     ``size - floor(s·size)`` that ``rigl.sparsify`` would give, so a plain model with a map
-    counts exactly like the model sparsified with it.
+    counts exactly like the model sparsified with it. (The reference used ``s·size``
+    unrounded: under one weight a layer, below every printed digit.)
 
 Size
     32 bits per nonzero weight, 1 more bit per weight of a sparse row (its bit mask; a dense row
@@ -58,12 +94,14 @@ Training FLOPs (Appendix H)
     FLOPs ``f_D`` and sparse ``f_S``: dense ``3·f_D``; static, SET and SNIP ``3·f_S``; SNFS
     ``2·f_S + f_D`` (a dense gradient every step); RigL ``(3·f_S·ΔT + 2·f_S + f_D)/(ΔT + 1)``
     (a dense gradient every ΔT steps); gradual pruning the average over the steps of
-    ``3·f(s_t)``; a small dense model ``3·f`` of itself. An M× run takes M times the steps.
+    ``3·f(s_t)`` (see ``pruning_progress`` for the two ways of averaging); a small dense model
+    ``3·f`` of itself. An M× run takes M times the steps.
 
 Example:
     >>> sparsities = flops.sparsity_map(model, 0.8, "erk")
     >>> f_s, f_d = flops.inference_flops(model, sparsities), flops.dense_inference_flops(model)
     >>> flops.train_flops_ratio("rigl", f_d, f_s, multiplier=5, update_freq=100)
+    >>> flops.dense_inference_flops(model, counting="exact")  # the model as it is
 """
 
 from __future__ import annotations
@@ -81,10 +119,11 @@ from rigl.schedules import polynomial_sparsity
 from rigl.sparse_layers import SparseDense
 
 __all__ = [
-    "METHODS", "PARAM_BITS", "LayerFlops", "LayerSpec", "average_inference_flops",
-    "dense_inference_flops", "first_layer", "inference_flops", "layer_specs", "layer_table",
-    "model_size_mb", "num_params", "pruning_progress", "solve_width", "sparsity_map",
-    "total_train_flops", "train_flops_per_step", "train_flops_ratio",
+    "COUNTINGS", "METHODS", "PARAM_BITS", "Conventions", "LayerFlops", "LayerSpec",
+    "average_inference_flops", "conventions", "dense_inference_flops", "first_layer",
+    "inference_flops", "layer_specs", "layer_table", "model_size_mb", "num_params",
+    "pruning_progress", "solve_width", "sparsity_map", "total_train_flops",
+    "train_flops_per_step", "train_flops_ratio",
 ]
 
 PARAM_BITS = 32
@@ -92,8 +131,48 @@ METHODS = methods.METHODS  # the registry's names (rigl.methods)
 
 
 @dataclasses.dataclass(frozen=True)
+class Conventions:
+    """Where the countings differ (see the module docstring); all else is common to both.
+
+    Attributes:
+        padded_stem: count the first counted layer and every ``DepthwiseConv2D`` from their
+            input as given, a ``ZeroPadding2D``'s padding included (else from the input
+            before it).
+        depthwise_as_conv: count a ``DepthwiseConv2D`` as ``get_stats``' ``Conv2D`` branch
+            did: ``fan_in = kh·kw·c_in``, bias and activation per position and multiplier.
+        sampled_schedule: average gradual pruning's FLOPs over the cubic sampled every
+            ``frequency`` steps, first and last step included (else over every step).
+    """
+
+    padded_stem: bool
+    depthwise_as_conv: bool
+    sampled_schedule: bool
+
+
+# Name -> conventions: "paper" counts as the reference did (the default everywhere), "exact"
+# the model as it is.
+COUNTINGS = {
+    "paper": Conventions(padded_stem=True, depthwise_as_conv=True, sampled_schedule=True),
+    "exact": Conventions(padded_stem=False, depthwise_as_conv=False, sampled_schedule=False),
+}
+
+
+def conventions(counting: str) -> Conventions:
+    """The ``Conventions`` of a counting's name (``"paper"`` or ``"exact"``).
+
+    Raises:
+        ValueError: naming ``counting``, for any other value.
+    """
+    if not isinstance(counting, str) or counting not in COUNTINGS:
+        raise ValueError(f"counting: expected one of {list(COUNTINGS)}, got {counting!r}.")
+    return COUNTINGS[counting]
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """The sparsity-independent facts of one counted kernel.
+    """The sparsity-independent facts of one counted kernel, as a counting sees them
+    (``fan_in``, ``outputs`` and ``channels`` of a padded stem or a depthwise layer depend on
+    it: see the module docstring).
 
     Attributes:
         name: row key: the layer name, or ``"<gru>/kernel"`` / ``"<gru>/recurrent_kernel"``.
@@ -191,23 +270,27 @@ def _unpadded_input_shape(layer) -> tuple[int, ...]:
         tensor = _input_tensor(producer)
 
 
-def _conv_outputs(layer, channels: int) -> int:
-    dims = _unpadded_input_shape(layer)
+def _conv_outputs(layer, channels: int, padded: bool) -> int:
+    dims = (_known_dims(layer, _input_tensor(layer).shape) if padded
+            else _unpadded_input_shape(layer))
     spatial = dims[1:] if layer.data_format == "channels_first" else dims[:-1]
     return math.prod(math.ceil(size / stride) for size, stride in zip(spatial, layer.strides)) * (
         channels)
 
 
-def _layer_specs(layer) -> list[LayerSpec]:
+def _layer_specs(layer, rules: Conventions, first: bool) -> list[LayerSpec]:
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         shape = tuple(int(d) for d in layer.kernel.shape)  # (kh, kw, c_in, multiplier)
-        channels = shape[2] * shape[3]
-        return [LayerSpec(layer.name, "DepthwiseConv2D", shape, shape[0] * shape[1],
-                          _conv_outputs(layer, channels), channels)]
+        # Per channel, or as a Conv2D with c_out = multiplier (get_stats' dispatch).
+        channels = shape[3] if rules.depthwise_as_conv else shape[2] * shape[3]
+        fan_in = math.prod(shape[:3]) if rules.depthwise_as_conv else shape[0] * shape[1]
+        return [LayerSpec(layer.name, "DepthwiseConv2D", shape, fan_in,
+                          _conv_outputs(layer, channels, rules.padded_stem), channels)]
     if isinstance(layer, keras.layers.Conv2D):
         shape = tuple(int(d) for d in layer.kernel.shape)  # (kh, kw, c_in / groups, c_out)
         return [LayerSpec(layer.name, "Conv2D", shape, math.prod(shape[:-1]),
-                          _conv_outputs(layer, shape[-1]), shape[-1])]
+                          _conv_outputs(layer, shape[-1], rules.padded_stem and first),
+                          shape[-1])]
     if isinstance(layer, (keras.layers.Dense, SparseDense)):
         # (fan_in, units); a SparseDense counts as the Dense layer of its kernel shape.
         shape = (tuple(layer.kernel_shape) if isinstance(layer, SparseDense)
@@ -235,15 +318,22 @@ def _check_model(model) -> None:
         raise ValueError("model: the model is not built; give it an input shape (keras.Input).")
 
 
-def layer_specs(model) -> list[LayerSpec]:
+def layer_specs(model, counting: str = "paper") -> list[LayerSpec]:
     """The counted kernels of ``model`` in model order (nested models included).
+
+    ``counting`` (``COUNTINGS``) sets the geometry of padded and depthwise convolutions
+    (``fan_in``, ``outputs``, ``channels``); names and kernel shapes are the same in both.
 
     Raises:
         ValueError: naming ``model``, if it is not a built Keras model, has no counted layer,
-            a counted layer is shared or has unknown input dims.
+            a counted layer is shared or has unknown input dims; naming ``counting`` for an
+            unknown counting.
     """
+    rules = conventions(counting)
     _check_model(model)
-    specs = [spec for layer in masking.walk_layers(model) for spec in _layer_specs(layer)]
+    specs = []
+    for layer in masking.walk_layers(model):
+        specs += _layer_specs(layer, rules, first=not specs)
     if not specs:
         raise ValueError("model: has no Conv2D, DepthwiseConv2D, Dense or GRU layer to count.")
     names = [spec.name for spec in specs]
@@ -332,6 +422,7 @@ def layer_table(
     masks: Mapping[str, np.ndarray] | None = None,
     dense: bool = False,
     param_bits: int = PARAM_BITS,
+    counting: str = "paper",
 ) -> list[LayerFlops]:
     """Per-row FLOPs, sparsity, nonzeros and size of ``model``.
 
@@ -346,12 +437,14 @@ def layer_table(
             (e.g. a snapshot saved during training).
         dense: count every row dense, ignoring masks and sparsities.
         param_bits: bits per stored value.
+        counting: ``"paper"`` (as the reference counted) or ``"exact"``; see the module
+            docstring.
 
     Raises:
         ValueError: naming the argument, for an unknown row name, a sparsity for a sparse row,
-            a sparsity out of [0, 1) or a mask of the wrong shape.
+            a sparsity out of [0, 1), a mask of the wrong shape or an unknown counting.
     """
-    specs = layer_specs(model)
+    specs = layer_specs(model, counting)
     known = [spec.name for spec in specs]
     sparsities = dict(sparsities or {})
     masks = dict(masks or {})
@@ -381,31 +474,35 @@ def layer_table(
     return rows
 
 
-def inference_flops(model, sparsities=None, masks=None) -> float:
+def inference_flops(model, sparsities=None, masks=None, counting: str = "paper") -> float:
     """Forward FLOPs of one example (see ``layer_table`` for the arguments)."""
-    return sum(row.flops for row in layer_table(model, sparsities, masks))
+    return sum(row.flops for row in layer_table(model, sparsities, masks, counting=counting))
 
 
-def dense_inference_flops(model) -> float:
-    """Forward FLOPs of one example with every counted kernel dense."""
-    return sum(row.flops for row in layer_table(model, dense=True))
+def dense_inference_flops(model, counting: str = "paper") -> float:
+    """Forward FLOPs of one example with every counted kernel dense (``counting``: see
+    ``layer_table``; ResNet-50 at 224×224: 8.202e9 ``"paper"``, 8.189e9 ``"exact"``)."""
+    return sum(row.flops for row in layer_table(model, dense=True, counting=counting))
 
 
 def model_size_mb(model, sparsities=None, masks=None, dense: bool = False,
-                  param_bits: int = PARAM_BITS) -> float:
-    """Size in MB (bits / 8e6): weights, bit masks of sparse rows, per-channel terms."""
+                  param_bits: int = PARAM_BITS, counting: str = "paper") -> float:
+    """Size in MB (bits / 8e6): weights, bit masks of sparse rows, per-channel terms (a
+    depthwise layer has ``multiplier`` of them for ``"paper"``, ``c_in·multiplier`` for
+    ``"exact"``)."""
     return sum(row.bits for row in layer_table(model, sparsities, masks, dense,
-                                               param_bits)) / 8e6
+                                               param_bits, counting)) / 8e6
 
 
 def num_params(model, sparsities=None, masks=None, dense: bool = False) -> int:
     """Stored values: nonzero weights plus one per output channel of every row.
 
     The parameter count used to size a small dense model like a sparse one (what
-    ``model_size_mb`` stores, without the bit masks).
+    ``model_size_mb`` stores, without the bit masks). A count of the model as it is, the same
+    for both countings (``"exact"``'s per-channel terms).
     """
     return sum(row.nonzeros + row.channels
-               for row in layer_table(model, sparsities, masks, dense))
+               for row in layer_table(model, sparsities, masks, dense, counting="exact"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,34 +522,47 @@ def _check_flops(value, name: str) -> float:
     return float(value)
 
 
-def pruning_progress(begin_step: int, end_step: int, frequency: int, total_steps: int) -> float:
-    """Mean over steps ``0..total_steps-1`` of the fraction of the final sparsity in effect.
+def pruning_progress(begin_step: int, end_step: int, frequency: int, total_steps: int,
+                     counting: str = "paper") -> float:
+    """Mean fraction of the final sparsity over a gradual pruning run of ``total_steps``.
 
     Gradual pruning (Zhu & Gupta 2017) updates the masks at ``begin_step``, every
     ``frequency`` steps after it up to ``end_step``, and at ``end_step`` (as
-    ``rigl.GradualPruning``); a step trains at the sparsity set by the latest update at or
-    before it (``rigl.schedules.polynomial_sparsity`` from 0 to the final sparsity), dense
-    before ``begin_step``. Because a row's FLOPs are linear in its density and every row
-    follows the same cubic from 0 to its own final sparsity, the mean FLOPs of the run are
-    ``f_D - progress·(f_D - f_S)``.
+    ``rigl.GradualPruning``), following ``rigl.schedules.polynomial_sparsity`` from 0 to the
+    final sparsity (dense before ``begin_step``). Because a row's FLOPs are linear in its
+    density and every row follows the same cubic from 0 to its own final sparsity, the mean
+    FLOPs of the run are ``f_D - progress·(f_D - f_S)``. The mean is taken:
+
+    * ``counting="paper"``: as the reference's notebook did, over the cubic sampled at steps
+      ``0, frequency, 2·frequency, ...`` up to ``total_steps``, both ends included (33
+      samples for the paper's 32,000 steps, pruning every 1,000 from 10,000 to 25,000:
+      0.5677);
+    * ``counting="exact"``: over steps ``0..total_steps-1``, each at the sparsity set by the
+      latest update at or before it (0.5542 for the same schedule).
 
     Raises:
         ValueError: naming the argument, for steps that are not integers,
-            ``end_step < begin_step`` or ``total_steps < 1``.
+            ``end_step < begin_step``, ``total_steps < 1`` or an unknown counting.
     """
+    rules = conventions(counting)
     begin = _check_positive_int(begin_step, "begin_step", 0)
     end = _check_positive_int(end_step, "end_step", 0)
     frequency = _check_positive_int(frequency, "frequency", 1)
     total = _check_positive_int(total_steps, "total_steps", 1)
     if end < begin:
         raise ValueError(f"end_step: must be >= begin_step ({begin}), got {end}.")
-    updates = _update_steps(begin, end, frequency, total)
 
     def fraction(step: int) -> float:
+        if step < begin:
+            return 0.0
         if end == begin:  # one-shot pruning at begin_step
             return 1.0
         return polynomial_sparsity(step, 1.0, 0.0, begin, end)
 
+    if rules.sampled_schedule:
+        samples = range(0, total + 1, frequency)
+        return sum(fraction(step) for step in samples) / len(samples)
+    updates = _update_steps(begin, end, frequency, total)
     weighted = 0.0
     for i, step in enumerate(updates):
         until = updates[i + 1] if i + 1 < len(updates) else total
@@ -467,7 +577,7 @@ def _update_steps(begin: int, end: int, frequency: int, total: int) -> list[int]
 
 def granet_flops_per_step(dense_flops: float, sparse_flops: float, initial_flops: float,
                           begin_step: int, end_step: int, frequency: int,
-                          total_steps: int) -> float:
+                          total_steps: int, counting: str = "paper") -> float:
     """GraNet's training FLOPs of one example at one step, averaged over a run.
 
     Forward FLOPs follow the pruning schedule from ``initial_flops`` (``f_I``: the model at
@@ -478,11 +588,12 @@ def granet_flops_per_step(dense_flops: float, sparse_flops: float, initial_flops
     ``f(t)`` (RigL's accounting of its update steps): ``+ (f_D - f(u))`` per pruning step u.
     Exact when every layer follows the cubic (``pruning_scope="layer"``); with global
     pruning the per-layer split, and so FLOPs per connection, is known only at run time.
+    ``counting``: how the cubic is averaged (``pruning_progress``).
     """
     f_d, f_s, f_i = (_check_flops(v, name) for v, name in (
         (dense_flops, "dense_flops"), (sparse_flops, "sparse_flops"),
         (initial_flops, "initial_flops")))
-    progress = pruning_progress(begin_step, end_step, frequency, total_steps)
+    progress = pruning_progress(begin_step, end_step, frequency, total_steps, counting)
     begin, end = int(begin_step), int(end_step)
 
     def forward(step: int) -> float:
@@ -505,6 +616,7 @@ def train_flops_per_step(
     frequency: int | None = None,
     total_steps: int | None = None,
     initial_flops: float | None = None,
+    counting: str = "paper",
 ) -> float:
     """Training FLOPs of one example at one step, averaged over a run (Appendix H).
 
@@ -519,11 +631,14 @@ def train_flops_per_step(
             ``granet`` and the length of its run (see ``pruning_progress``).
         initial_flops: ``granet``: forward FLOPs at its initial sparsity (default
             ``dense_flops``: a dense start); see ``granet_flops_per_step``.
+        counting: how ``prune`` and ``granet`` average their schedule
+            (``pruning_progress``); the other rules are the same in both countings.
 
     Raises:
-        ValueError: naming the argument, for an unknown method, negative or missing FLOPs, or
-            a missing or invalid schedule.
+        ValueError: naming the argument, for an unknown method or counting, negative or
+            missing FLOPs, or a missing or invalid schedule.
     """
+    conventions(counting)
     rule = methods.get_method(method).flops_rule
     f_d = _check_flops(dense_flops, "dense_flops")
     if f_d <= 0:
@@ -547,19 +662,20 @@ def train_flops_per_step(
             raise ValueError(f"{name}: required for method {method!r}.")
     if rule == "granet":
         return granet_flops_per_step(f_d, f_s, f_d if initial_flops is None else initial_flops,
-                                     **schedule)
-    progress = pruning_progress(**schedule)
+                                     **schedule, counting=counting)
+    progress = pruning_progress(**schedule, counting=counting)
     return 3.0 * (f_d - progress * (f_d - f_s))
 
 
 def train_flops_ratio(method: str, dense_flops: float, sparse_flops: float | None = None,
-                      multiplier: float = 1.0, **schedule) -> float:
+                      multiplier: float = 1.0, *, counting: str = "paper",
+                      **schedule) -> float:
     """Training FLOPs of a ``multiplier``× run over those of the dense 1× run.
 
     An M× run stretches every step count (the pruning schedule included) by M, so its
-    per-step average is the 1× one's and its total M times it. ``schedule`` is passed to
-    ``train_flops_per_step`` (``update_freq``, and for ``prune`` ``begin_step``,
-    ``end_step``, ``frequency``, ``total_steps`` of the 1× run).
+    per-step average is the 1× one's and its total M times it. ``counting`` and
+    ``schedule`` are passed to ``train_flops_per_step`` (``update_freq``, and for ``prune``
+    ``begin_step``, ``end_step``, ``frequency``, ``total_steps`` of the 1× run).
 
     Example:
         >>> train_flops_ratio("rigl", 8.2e9, 0.23 * 8.2e9, multiplier=5)  # ~1.15
@@ -567,20 +683,22 @@ def train_flops_ratio(method: str, dense_flops: float, sparse_flops: float | Non
     ok = isinstance(multiplier, numbers.Real) and not isinstance(multiplier, bool)
     if not ok or not math.isfinite(multiplier) or multiplier <= 0:
         raise ValueError(f"multiplier: expected a finite number > 0, got {multiplier!r}.")
-    per_step = train_flops_per_step(method, dense_flops, sparse_flops, **schedule)
+    per_step = train_flops_per_step(method, dense_flops, sparse_flops, counting=counting,
+                                    **schedule)
     return multiplier * per_step / (3.0 * float(dense_flops))
 
 
 def total_train_flops(method: str, dense_flops: float, sparse_flops: float | None = None,
-                      steps: int = 1, batch_size: int = 1, multiplier: float = 1.0,
-                      **schedule) -> float:
+                      steps: int = 1, batch_size: int = 1, multiplier: float = 1.0, *,
+                      counting: str = "paper", **schedule) -> float:
     """Training FLOPs of a whole run: per-step FLOPs × batch size × steps × multiplier.
 
     The dense ResNet-50 1× run: ``3 · 8.2e9 · 4096 · 32000 ≈ 3.2e18`` (the paper's figure).
     """
     steps = _check_positive_int(steps, "steps", 1)
     batch_size = _check_positive_int(batch_size, "batch_size", 1)
-    ratio = train_flops_ratio(method, dense_flops, sparse_flops, multiplier, **schedule)
+    ratio = train_flops_ratio(method, dense_flops, sparse_flops, multiplier,
+                              counting=counting, **schedule)
     return ratio * 3.0 * float(dense_flops) * steps * batch_size
 
 
@@ -588,6 +706,7 @@ def average_inference_flops(
     snapshots: Sequence[float | Mapping[str, np.ndarray]],
     model=None,
     durations: Sequence[float] | None = None,
+    counting: str = "paper",
 ) -> float:
     """Inference FLOPs averaged over the masks a run actually used.
 
@@ -601,11 +720,14 @@ def average_inference_flops(
             a snapshot leaves out keep the model's masks / density).
         model: the model the mask snapshots belong to.
         durations: steps each snapshot was in use (weights); equal weights if omitted.
+        counting: how mask snapshots are counted (``layer_table``).
 
     Raises:
         ValueError: naming the argument, for an empty list, a snapshot of the wrong kind,
-            a missing model, or durations that do not match or do not sum to > 0.
+            a missing model, durations that do not match or do not sum to > 0, or an
+            unknown counting.
     """
+    conventions(counting)
     snapshots = list(snapshots)
     if not snapshots:
         raise ValueError("snapshots: expected at least one FLOPs value or mask snapshot.")
@@ -614,7 +736,7 @@ def average_inference_flops(
         if isinstance(snapshot, Mapping):
             if model is None:
                 raise ValueError("model: required when snapshots are masks.")
-            values.append(inference_flops(model, masks=snapshot))
+            values.append(inference_flops(model, masks=snapshot, counting=counting))
         else:
             values.append(_check_flops(snapshot, f"snapshots[{i}]"))
     if durations is None:

@@ -1,10 +1,10 @@
-"""Tests of rigl.flops and scripts/flops_table.py: hand-counted layers, the training formulas of
-the paper's Appendix H, and the ResNet-50 figures of the paper and the reference README."""
+"""Tests of rigl.flops and scripts/flops_table.py: hand-counted layers in both countings
+("paper" and "exact"), the training formulas of the paper's Appendix H, and the published
+figures of the paper and the reference README (rigl.experiments.flops_report)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -16,7 +16,8 @@ from conftest import script_module
 
 import rigl
 from rigl import flops, layers
-from rigl.experiments import models
+from rigl.experiments import flops_report, models, reporting, training
+from rigl.experiments.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "flops_table.py")
@@ -45,7 +46,7 @@ def _hand_model():
     return model
 
 
-# Worked by hand, flops = 2·L·N_out + N_out with L = fan_in · density:
+# Worked by hand ("exact" counting), flops = 2·L·N_out + N_out with L = fan_in · density:
 # conv: kernel 3×3×3→4, fan_in 27, 27 of 108 weights kept (s = 0.75) -> L = 6.75. Its real
 #   ('valid') output is 4×4, but outputs are counted as for 'same' padding: ceil(9/2) = 5, so
 #   N_out = 5·5·4 = 100 and flops = (13.5 + 1)·100 = 1450 (dense: (54 + 1)·100 = 5500).
@@ -69,18 +70,72 @@ HAND = {
 
 def test_hand_counted_masked_layers():
     model = _hand_model()
-    rows = flops.layer_table(model)
+    rows = flops.layer_table(model, counting="exact")
     assert [row.name for row in rows] == ["conv", "dw", "fc"]
     for row in rows:
         for field, expected in HAND[row.name].items():
             assert getattr(row, field) == pytest.approx(expected), (row.name, field)
-    assert flops.inference_flops(model) == pytest.approx(1450 + 832 + 15)
-    assert flops.dense_inference_flops(model) == pytest.approx(5500 + 1216 + 45)
-    assert flops.model_size_mb(model) == pytest.approx((1100 + 932 + 340) / 8e6)
+    assert flops.inference_flops(model, counting="exact") == pytest.approx(1450 + 832 + 15)
+    assert flops.dense_inference_flops(model, "exact") == pytest.approx(5500 + 1216 + 45)
+    assert flops.model_size_mb(model, counting="exact") == pytest.approx(
+        (1100 + 932 + 340) / 8e6)
     # Dense: no mask bits; (108 + 4) + (36 + 4) + (20 + 5) values of 32 bits.
-    assert flops.model_size_mb(model, dense=True) == pytest.approx(177 * 32 / 8e6)
+    assert flops.model_size_mb(model, dense=True, counting="exact") == pytest.approx(
+        177 * 32 / 8e6)
     assert flops.num_params(model) == 27 + 24 + 5 + 4 + 4 + 5
     assert rows[0].as_dict()["shape"] == [3, 3, 3, 4]
+
+
+# "paper" counts the depthwise layer as get_stats' Conv2D branch did: kernel (3, 3, 4, 1) as
+# a convolution with c_out = 1, fan_in 36, L = 36 · 24/36 = 24, N_out = 4·4·1 = 16:
+# flops = (48 + 1)·16 = 784 (exact: 832, the same 384 multiplications but bias and
+# activation once per position, not per channel); dense (72 + 1)·16 = 1168; bits 24·32 + 36
+# + 1·32 = 836 (one bias, not 4). conv and fc count alike (no padding feeds the stem).
+HAND_PAPER = {**HAND, "dw": dict(HAND["dw"], fan_in=36, outputs=16, channels=1, flops=784.0,
+                                 dense_flops=1168.0, bits=836.0)}
+
+
+def test_paper_counts_depthwise_layers_as_the_reference_did():
+    model = _hand_model()
+    rows = flops.layer_table(model)  # the default: "paper"
+    for row in rows:
+        for field, expected in HAND_PAPER[row.name].items():
+            assert getattr(row, field) == pytest.approx(expected), (row.name, field)
+    assert flops.inference_flops(model) == pytest.approx(1450 + 784 + 15)
+    assert (flops.inference_flops(model, counting="exact") - flops.inference_flops(model)
+            == pytest.approx(832 - 784))
+    assert flops.model_size_mb(model) == pytest.approx((1100 + 836 + 340) / 8e6)
+    # The parameter count is the model's own in both countings.
+    assert flops.num_params(model) == 27 + 24 + 5 + 4 + 4 + 5
+
+
+def _padded_model():
+    """9×9 image -> pad 1 -> stem conv 3×3/2 'valid' -> pad 1 -> conv 3×3/2 'valid' -> pad 1 ->
+    depthwise 3×3/2 'valid' -> dense."""
+    inputs = keras.Input((9, 9, 3))
+    x = keras.layers.ZeroPadding2D(1, name="pad1")(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, name="stem")(x)            # 11 -> 5
+    x = keras.layers.ZeroPadding2D(1, name="pad2")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, name="conv")(x)            # 7 -> 3
+    x = keras.layers.ZeroPadding2D(1, name="pad3")(x)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, name="dw")(x)        # 5 -> 2
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(2, name="fc")(x))
+
+
+def test_paper_counts_the_padded_stem_and_depthwise_layers_from_their_padded_input():
+    model = _padded_model()
+    exact = {row.name: row.outputs for row in flops.layer_table(model, counting="exact")}
+    paper = {row.name: row.outputs for row in flops.layer_table(model)}
+    # stem: exact from the 9×9 input before its padding, ceil(9/2)² = 25 positions; paper from
+    # the padded 11×11 as MicroNet saw it, ceil(11/2)² = 36.
+    assert exact["stem"] == 5 * 5 * 4 and paper["stem"] == 6 * 6 * 4
+    # A later padded convolution counts its real input (5×5 -> 3×3) in both.
+    assert exact["conv"] == paper["conv"] == 3 * 3 * 4
+    # Depthwise: exact ceil(3/2)² = 4 positions × 4 channels; paper from the padded 5×5,
+    # ceil(5/2)² = 9 positions × 1 (the Conv2D branch's c_out).
+    assert exact["dw"] == 2 * 2 * 4 and paper["dw"] == 3 * 3 * 1
+    assert exact["fc"] == paper["fc"] == 2
 
 
 def test_masks_argument_overrides_model_masks():
@@ -202,19 +257,93 @@ def test_training_flops_per_method():
     assert flops.total_train_flops("dense", f_d, steps=10, batch_size=2) == pytest.approx(6000)
 
 
-def test_gradual_pruning_average():
+def test_gradual_pruning_average_exact():
     # Updates at 2 (progress 0), 4 (1 - 0.5³ = 0.875) and 6 (1); step t trains with the latest
     # update <= t: steps 0-3 dense, 4-5 at 0.875, 6-9 final -> mean (2·0.875 + 4)/10 = 0.575.
-    schedule = dict(begin_step=2, end_step=6, frequency=2, total_steps=10)
+    schedule = dict(begin_step=2, end_step=6, frequency=2, total_steps=10, counting="exact")
     assert flops.pruning_progress(**schedule) == pytest.approx(0.575)
     # f = f_D - 0.575·(f_D - f_S) = 54, so 3·54 = 162 per step.
     assert flops.train_flops_per_step("prune", 100, 20, **schedule) == pytest.approx(162)
     assert flops.train_flops_ratio("prune", 100, 20, 1.5, **schedule) == pytest.approx(0.81)
     # End off the frequency grid is an update too: 0 (0), 2 (1 - 0.6³), 4 (1 - 0.2³), 5 (1).
-    assert flops.pruning_progress(0, 5, 2, 8) == pytest.approx(
+    assert flops.pruning_progress(0, 5, 2, 8, "exact") == pytest.approx(
         (2 * 0.784 + 0.992 + 3) / 8)
-    assert flops.pruning_progress(3, 3, 1, 10) == pytest.approx(0.7)  # one shot at step 3
-    assert flops.pruning_progress(0, 100, 50, 50) == 0.0  # the run ends before pruning does
+    assert flops.pruning_progress(3, 3, 1, 10, "exact") == pytest.approx(0.7)  # one shot at 3
+    assert flops.pruning_progress(0, 100, 50, 50, "exact") == 0.0  # the run ends first
+
+
+def test_gradual_pruning_average_paper():
+    # The reference notebook's way: the cubic sampled every `frequency` steps, 0 to the last
+    # step included: 0, 2, 4, 6, 8, 10 -> 0, 0, 0.875, 1, 1, 1 -> 3.875 / 6.
+    schedule = dict(begin_step=2, end_step=6, frequency=2, total_steps=10)
+    assert flops.pruning_progress(**schedule) == pytest.approx(3.875 / 6)
+    # f = 100 - (3.875 / 6)·80 = 48.33..., 3·f = 145 per step.
+    assert flops.train_flops_per_step("prune", 100, 20, **schedule) == pytest.approx(145)
+    assert flops.pruning_progress(3, 3, 1, 10) == pytest.approx(8 / 11)  # steps 3..10 of 0..10
+    # The paper's ImageNet schedule: 33 samples; ResNet-50 at 80% (f_S/f_D = 0.2254) then
+    # trains at 0.5603 of the dense FLOPs, Table 2's 0.56x (every step: 0.5542 -> 0.5707).
+    progress = flops.pruning_progress(10000, 25000, 1000, 32000)
+    assert round(1 - progress * (1 - 0.2254), 2) == 0.56
+    assert round(1 - flops.pruning_progress(10000, 25000, 1000, 32000, "exact")
+                 * (1 - 0.2254), 2) == 0.57
+
+
+def test_counting_must_be_paper_or_exact():
+    model = _hand_model()
+    message = r"counting: expected one of \['paper', 'exact'\], got 'approx'"
+    for call in (lambda: flops.layer_table(model, counting="approx"),
+                 lambda: flops.inference_flops(model, counting="approx"),
+                 lambda: flops.dense_inference_flops(model, "approx"),
+                 lambda: flops.model_size_mb(model, counting="approx"),
+                 lambda: flops.average_inference_flops([1.0], counting="approx"),
+                 lambda: flops.pruning_progress(0, 4, 1, 8, counting="approx"),
+                 lambda: flops.train_flops_ratio("rigl", 100, 20, counting="approx"),
+                 lambda: flops.total_train_flops("dense", 100, counting="approx"),
+                 lambda: flops_report.Counter("lenet5", counting="approx")):
+        with pytest.raises(ValueError, match=message):
+            call()
+    with pytest.raises(ValueError, match="counting: expected one of .*got None"):
+        flops.conventions(None)
+    with pytest.raises(UsageError, match="training.flops_counting: unknown 'approx'"):
+        training.train(None, dry_run=True, train_steps=1, flops_counting="approx")
+
+
+@pytest.mark.parametrize("name, input_shape, num_classes", [
+    ("lenet300_100", (28, 28, 1), 10), ("lenet5", (28, 28, 1), 10),
+    ("small_cnn", (32, 32, 3), 10), ("wrn_22_2", (32, 32, 3), 10)])
+def test_countings_agree_without_padded_stem_or_depthwise_layers(name, input_shape,
+                                                                  num_classes):
+    # The models of the committed results count the same in both countings.
+    model = models.build_model(name, input_shape, num_classes)
+    sparsities = flops.sparsity_map(model, 0.9, "erk")
+    assert flops.layer_table(model, sparsities) == flops.layer_table(model, sparsities,
+                                                                     counting="exact")
+
+
+def test_results_fields_use_the_runs_counting(tmp_path):
+    """results.json's FLOPs fields (reporting.flops_results) follow training.flops_counting
+    and say which it was; a depthwise layer makes the two differ."""
+    net = rigl.sparsify(_hand_model_plain(), 0.5, "uniform")
+    figures = {}
+    for counting in ("paper", "exact"):
+        log = reporting.FlopsLog(str(tmp_path / f"{counting}.json"), net, 0, False, counting)
+        figures[counting] = reporting.flops_results(
+            net, rigl.methods.get_method("rigl"), log, steps=10, multiplier=1.0,
+            update_freq=100, dense_flops=flops.dense_inference_flops(net, counting))
+        assert figures[counting]["flops_counting"] == counting
+        assert figures[counting]["inference_flops"] == flops.inference_flops(
+            net, counting=counting)
+        assert figures[counting]["size_mb"] == flops.model_size_mb(net, counting=counting)
+    assert figures["paper"]["inference_flops"] < figures["exact"]["inference_flops"]
+
+
+def _hand_model_plain():
+    """``_hand_model``'s architecture with plain Keras layers."""
+    inputs = keras.Input((9, 9, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="valid", name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="fc")(x))
 
 
 def test_training_errors_name_the_parameter():
@@ -244,7 +373,9 @@ def test_average_inference_flops():
     model = _hand_model()
     dense_fc = {"fc": np.ones((4, 5))}
     # Snapshot 1 has fc dense (45 instead of 15): +30 FLOPs; the others keep the model's masks.
-    assert flops.average_inference_flops([dense_fc, {}], model) == pytest.approx(2297 + 15)
+    assert flops.average_inference_flops([dense_fc, {}], model, counting="exact") == (
+        pytest.approx(2297 + 15))
+    assert flops.average_inference_flops([dense_fc, {}], model) == pytest.approx(2249 + 15)
     with pytest.raises(ValueError, match="snapshots"):
         flops.average_inference_flops([])
     with pytest.raises(ValueError, match="model"):
@@ -273,11 +404,31 @@ def resnet50():
 
 def test_resnet50_dense(resnet50):
     f_d = flops.dense_inference_flops(resnet50)
-    assert f_d == pytest.approx(8.2e9, rel=0.005)
+    assert f_d == 8_202_340_776 and f"{f_d:.1e}" == "8.2e+09"
     assert round(flops.model_size_mb(resnet50, dense=True), 3) == 102.122
-    assert flops.layer_table(resnet50)[0].outputs == 112 * 112 * 64  # stem padding undone
+    # The stem: 115×115 outputs from its padded 230×230 input, as the reference counted it
+    # ("paper"), or its real 112×112 output ("exact"); 2·147 + 1 FLOPs per output.
+    assert flops.layer_table(resnet50)[0].outputs == 115 * 115 * 64
+    assert flops.layer_table(resnet50, counting="exact")[0].outputs == 112 * 112 * 64
+    exact = flops.dense_inference_flops(resnet50, "exact")
+    assert f_d - exact == 295 * 64 * (115**2 - 112**2)
+    # The rest counts alike: the strided 3×3 convolutions' explicit padding is undone in both.
+    paper_rows, exact_rows = (flops.layer_table(resnet50, counting=c) for c in ("paper",
+                                                                                "exact"))
+    assert paper_rows[1:] == exact_rows[1:]
     assert round(flops.total_train_flops("dense", f_d, steps=32000, batch_size=4096) / 1e18,
                  1) == 3.2
+
+
+def test_resnet50_paper_and_exact_differ_by_a_printed_digit(resnet50):
+    """Uniform 80% (conv1 dense), RigL 5x: the paper's 1.14x with the reference's counting;
+    1.13x counting the stem's real output (its dense FLOPs weigh more, the sparser the rest)."""
+    sparsities = flops.sparsity_map(resnet50, 0.8, "uniform", dense_layers=["conv1"])
+    ratio = {c: flops.train_flops_ratio(
+        "rigl", flops.dense_inference_flops(resnet50, c),
+        flops.inference_flops(resnet50, sparsities, counting=c), 5, counting=c,
+        update_freq=100) for c in ("paper", "exact")}
+    assert f"{ratio['paper']:.2f}" == "1.14" and f"{ratio['exact']:.2f}" == "1.13"
 
 
 def test_resnet50_uniform_80(resnet50):
@@ -353,42 +504,78 @@ def test_script_count_validates(flops_script):
     assert small["train_flops_ratio"] == pytest.approx(small["inference_flops_ratio"])
 
 
-def test_script_paper_table(flops_script):
-    table = json.loads(_run("--paper", "--json"))
-    rows = {row["label"]: row for row in table["rows"]}
-    for label in ("Dense", "Static", "SNIP", "Small-Dense", "SET", "RigL", "RigL 5x",
-                  "Static (ERK)", "RigL (ERK)", "RigL 5x (ERK)", "SNFS (ERK)", "Pruning"):
-        assert label in rows
-    assert rows["RigL 5x"]["s80"]["train"] == pytest.approx(1.14, abs=0.01)
-    assert rows["RigL 5x (ERK)"]["s80"]["train"] == pytest.approx(2.09, abs=0.01)
-    assert rows["SNFS (ERK)"]["s80"]["paper_train"] == 0.61
-    assert rows["Dense"]["s90"]["train"] == pytest.approx(1.0)
-    for row in rows.values():
-        for key in ("s80", "s90"):
-            cell = row[key]
-            assert ("train" in cell["differs"]) == (
-                abs(cell["train"] - cell["paper_train"]) > 0.01 + 1e-9)
-    assert table["sizes_mb"]["dense"]["ours"] == pytest.approx(102.122, abs=5e-4)
-    text = flops_script.paper_markdown(table)
-    assert "| RigL 5x (ERK) | " in text and "| Method | Train 80% | paper |" in text
-    assert not math.isnan(table["dense_train_flops"])
+def test_printed_precision():
+    assert flops_report.matches(0.2254, "0.23") and not flops_report.matches(0.2249, "0.23")
+    assert flops_report.matches(5.79, "5.8") and flops_report.matches(8.2023e9, "8.2e9")
+    assert not flops_report.matches(23.6837, "23.683")
+    assert flops_report.matches(4.4887e17, "4.5e17") and not flops_report.matches(0.1, "0.09")
+
+
+@pytest.fixture(scope="module")
+def paper_table():
+    return flops_report.paper_table()  # ~15-30 s: it builds ResNet-50 at a dozen widths
+
+
+# The published figures --paper does not reproduce, by the note that explains them.
+EXPECTED_NOTES = {"first_layer": 12, "small_dense": 8, "erk_size": 4, "er_size": 2,
+                  "erk_965_size": 1, "rigl_1x": 1, "mobilenet_flops": 10,
+                  "mobilenet_uniform_size": 3}
+
+
+def test_paper_reproduces_or_explains_every_published_figure(paper_table):
+    cells = flops_report.cells(paper_table)
+    assert paper_table["summary"] == {"cells": 132, "match": 91, "differ": 41, "explained": 37}
+    assert len(cells) == 132
+    differing = [(where, cell) for where, cell in cells if not cell["matches"]]
+    notes = {}
+    for where, cell in differing:
+        assert cell["note"] in flops_report.NOTES, where  # every differing cell is explained
+        notes[cell["note"]] = notes.get(cell["note"], 0) + 1
+    assert notes == EXPECTED_NOTES
+    # Where a note names the configuration that gives the published figure, it does.
+    for where, cell in differing:
+        if cell["note"] in ("first_layer", "er_size", "erk_965_size", "rigl_1x"):
+            assert cell["alternative_matches"], where
+    rows = {row["label"]: row for row in paper_table["table_2"]}
+    assert rows["Small-Dense"]["s90"]["test"]["alternative_matches"]  # size-matched: 0.12x
+    # Figures that need the reference's counting: the stem at 115×115 and the pruning
+    # schedule sampled every 1,000 steps.
+    assert rows["RigL 5x"]["s80"]["train"]["matches"]  # 1.14x ("exact": 1.13x)
+    assert rows["Pruning"]["s80"]["train"]["matches"]  # 0.56x ("exact": 0.57x)
+    assert rows["Pruning 1.5x"]["s80"]["train"]["matches"]  # 0.84x ("exact": 0.86x)
+    readme = paper_table["readme_resnet50"]["extended"]
+    assert readme[-1]["multiplier"] == 100 and readme[-1]["train"]["matches"]  # 99%, 5.8x
+    mobilenet = paper_table["readme_mobilenet_v1"]
+    assert all(cell["matches"] for cell in mobilenet["dense"].values())  # 4.5e17, 1.14e9, 16.864
+    assert all(row["measured_sparsity"]["matches"] for row in mobilenet["rows"])  # 0.89
+
+
+def test_paper_markdown_is_the_readmes(paper_table, flops_script):
+    text = flops_script.paper_markdown(paper_table)
+    assert "| RigL 5x (ERK) | 2.09x | 2.09x |" in text
+    assert "**132 published figures: 91 reproduced to the printed digit, 41 differ: " in text
     # The README's copy of the output is the output, verbatim.
     readme = open(os.path.join(ROOT, "README.md")).read()
     assert text.strip() in readme
+    json.dumps(paper_table)  # --json prints it
 
 
 def test_granet_training_flops_hand_computed():
     """One-shot schedule at step 0 of 10: every step runs at f_S (3 · 10), and the one
     pruning step grows by the dense gradient: + (f_D - f_S) / 10 = 9."""
     per_step = flops.train_flops_per_step("granet", 100.0, 10.0, begin_step=0, end_step=0,
-                                          frequency=1, total_steps=10)
+                                          frequency=1, total_steps=10, counting="exact")
     assert per_step == pytest.approx(39.0)
     # A sparse start at f_I = 50, pruning steps 0 and 2 of a 0..4 schedule, 4 steps run
     # (cubic: half-way is 7/8 of the way): f = 50, 50, 15, 15.
     f_2 = 50 - 7 / 8 * 40
-    expected = (3 * (50 + 50 + f_2 + f_2) + (100 - 50) + (100 - f_2)) / 4
-    assert flops.train_flops_per_step("granet", 100.0, 10.0, initial_flops=50.0, begin_step=0,
-                                      end_step=4, frequency=2, total_steps=4) == pytest.approx(
-        expected)
+    extra = (100 - 50) + (100 - f_2)  # the dense gradients of the pruning steps 0 and 2
+    schedule = dict(initial_flops=50.0, begin_step=0, end_step=4, frequency=2, total_steps=4)
+    assert flops.train_flops_per_step("granet", 100.0, 10.0, counting="exact",
+                                      **schedule) == pytest.approx(
+        (3 * (50 + 50 + f_2 + f_2) + extra) / 4)
+    # "paper" samples the cubic at steps 0, 2, 4: progress (0 + 7/8 + 1) / 3, f = 25.
+    assert flops.train_flops_per_step("granet", 100.0, 10.0, **schedule) == pytest.approx(
+        3 * (50 - 0.625 * 40) + extra / 4)
     with pytest.raises(ValueError, match="end_step: required"):
         flops.train_flops_per_step("granet", 100.0, 10.0, begin_step=0)

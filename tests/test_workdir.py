@@ -238,3 +238,14 @@ def test_unreadable_identity_is_a_usage_error_unless_forced(tmp_path):
         workdir.check_identity(str(tmp_path), {"a.x": 1})
     assert workdir.check_identity(str(tmp_path), {"a.x": 1}, force=True) == "new"
     assert workdir.read_identity(str(tmp_path))["bindings"] == {"a.x": 1}
+
+
+def test_runs_from_before_flops_counting_resume_with_the_counting_they_used(tmp_path):
+    """An identity stored before training.flops_counting existed reads as 'exact', the
+    counting those runs' FLOPs logs hold: resuming it needs that binding."""
+    run = str(tmp_path)
+    workdir.check_identity(run, {"training.seed": 0})  # an identity without the binding
+    assert workdir.check_identity(
+        run, {"training.seed": 0, "training.flops_counting": "exact"}) == "same"
+    with pytest.raises(UsageError, match="training.flops_counting: 'exact' -> 'paper'"):
+        workdir.check_identity(run, {"training.seed": 0, "training.flops_counting": "paper"})

@@ -7,7 +7,7 @@ Gin names (bind them in ``gin_configs/`` or with ``--gin_bindings``):
   train_steps / epochs, multiplier, batch_size, eval_batch_size, eval_every_steps,
   checkpoint_every_steps, log_every_steps, seed, strategy, label_smoothing,
   mask_snapshot_steps, deterministic, smoke, verbose, stop_on_nonfinite, storage,
-  sparse_init); ``train`` turns them into a ``TrainConfig``;
+  sparse_init, flops_counting); ``train`` turns them into a ``TrainConfig``;
 * ``updater.*`` (``make_updater``): update_freq, begin_step, end_step, drop_fraction,
   drop_fraction_decay, decay_power, grow_init, initial_sparsity (gradual pruning, GraNet),
   grad_accumulation_n (RigL), pruning_scope (GraNet), gamma_sal (SRigL); a binding
@@ -109,7 +109,7 @@ class TrainConfig:
     """The settings of one run (the ``training.*`` bindings), validated at construction.
 
     ``training.train`` builds it from its gin-configured arguments; its signature holds the
-    defaults, so every field is required here (but the newest four, defaulted for callers
+    defaults, so every field is required here (but the newest five, defaulted for callers
     written before them). Every field is checked at construction, before anything is built
     or written: a bad value raises ``UsageError`` (a ``ValueError``) naming its
     ``training.<name>`` binding and what is allowed. Values are kept as given (a list stays a
@@ -164,6 +164,12 @@ class TrainConfig:
             99.9% ERK (a hidden unit of the second layer keeps 37 of 65,536 inputs) stays at
             chance for 90 steps without it, and reaches 0.88 batch accuracy at step 30 with
             it. Only for methods that start sparse.
+        flops_counting: how ``results.json``'s FLOPs and size fields are counted
+            (``rigl.flops.COUNTINGS``): "paper" (as the reference counted, the paper's
+            digits) or "exact" (the model as it is); they differ for models with a padded
+            stem or depthwise layers (see ``rigl.flops``). A run's pruning FLOPs are measured
+            after every update and averaged over every step in both. Runs from before it
+            counted "exact" (``workdir.ADDED_BINDINGS``).
     """
 
     workdir: str | None
@@ -196,6 +202,7 @@ class TrainConfig:
     stop_on_nonfinite: int = 10
     storage: str = "masked"
     sparse_init: bool = False
+    flops_counting: str = "paper"
 
     def __post_init__(self):
         # Everything the user can get wrong is checked here, before the build phase and long
@@ -213,6 +220,7 @@ class TrainConfig:
         _check_choice("training.distribution", self.distribution,
                       rigl.distributions.DISTRIBUTIONS)
         _check_choice("training.strategy", self.strategy, strategies.STRATEGIES)
+        _check_choice("training.flops_counting", self.flops_counting, rigl.flops.COUNTINGS)
         if self.custom_sparsity is not None and not isinstance(self.custom_sparsity, Mapping):
             raise UsageError("training.custom_sparsity: expected a dict of layer name -> "
                              f"sparsity, or None; got {self.custom_sparsity!r}.")

@@ -57,18 +57,21 @@ class FlopsLog(StepLog):
 
     Drop-and-grow keeps every layer's nonzero count, hence its FLOPs; only dense-to-sparse
     methods (pruning, SNIP) change them, so only their updates are measured again.
+    ``counting``: ``rigl.flops``' "paper" or "exact".
     """
 
-    def __init__(self, path: str, net, start_step: int, tracks_updates: bool):
+    def __init__(self, path: str, net, start_step: int, tracks_updates: bool,
+                 counting: str = "paper"):
         super().__init__(path, start_step if tracks_updates else 0)
-        self.net, self.tracks_updates = net, tracks_updates
+        self.net, self.tracks_updates, self.counting = net, tracks_updates, counting
         if not self.entries:
             self.add(start_step, self.measure())
         self._seen = 0
 
     def measure(self) -> float:
-        return rigl.flops.inference_flops(self.net) if has_sparse_layers(self.net) else (
-            rigl.flops.dense_inference_flops(self.net))
+        if has_sparse_layers(self.net):
+            return rigl.flops.inference_flops(self.net, counting=self.counting)
+        return rigl.flops.dense_inference_flops(self.net, self.counting)
 
     def after_step(self, step: int, history) -> None:
         """Measures again if the updater ran since the last call (``history``: its results)."""
@@ -162,12 +165,14 @@ def best_metrics(history) -> dict:
 
 def flops_results(net, method: rigl.methods.Method, flops_log: FlopsLog, steps: int,
                   multiplier: float, update_freq: int | None, dense_flops: float) -> dict:
-    """The paper's FLOPs columns for this run (see rigl.flops for the counting rules).
+    """The paper's FLOPs columns for this run (see rigl.flops for the counting rules), and
+    ``flops_counting``, the counting they use (the FLOPs log's).
 
     ``dense_flops`` is the dense forward FLOPs the ratios are relative to: the model's own,
-    or for Small-Dense the full-width model's. ``update_freq``: the updater's ΔT (the RigL
-    rule counts its dense-gradient steps), None without an updater.
+    or for Small-Dense the full-width model's, counted alike. ``update_freq``: the updater's
+    ΔT (the RigL rule counts its dense-gradient steps), None without an updater.
     """
+    counting = flops_log.counting
     inference = flops_log.measure()
     average = flops_log.average(steps)
     if method.dense_to_sparse:
@@ -177,11 +182,13 @@ def flops_results(net, method: rigl.methods.Method, flops_log: FlopsLog, steps: 
         per_step = 3.0 * float(average)
     else:
         kwargs = {"update_freq": update_freq} if update_freq is not None else {}
-        per_step = rigl.flops.train_flops_per_step(method.name, dense_flops, average, **kwargs)
+        per_step = rigl.flops.train_flops_per_step(method.name, dense_flops, average,
+                                                   counting=counting, **kwargs)
     return {"inference_flops": inference, "dense_inference_flops": dense_flops,
             "inference_flops_ratio": inference / dense_flops,
             "train_flops_ratio": per_step * multiplier / (3.0 * dense_flops),
-            "size_mb": rigl.flops.model_size_mb(net)}
+            "size_mb": rigl.flops.model_size_mb(net, counting=counting),
+            "flops_counting": counting}
 
 
 def mask_arrays(net) -> dict[str, np.ndarray]:
@@ -452,7 +459,8 @@ class RunReport:
                                      stream=stream, clock=clock)
         self.task = task or _task_of(net)
         self.flops_log = FlopsLog(os.path.join(out_dir, "flops_log.json"), net, start_step,
-                                  tracks_updates=config.method_traits.dense_to_sparse)
+                                  tracks_updates=config.method_traits.dense_to_sparse,
+                                  counting=config.flops_counting)
         self.eval_log = StepLog(os.path.join(out_dir, "eval_log.json"), start_step)
         self.snapshot_steps = set(config.mask_snapshot_steps)
         self.start_step = start_step

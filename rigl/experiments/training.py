@@ -92,7 +92,8 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
           label_smoothing: float = 0.0, mask_snapshot_steps=(), deterministic: bool = False,
           smoke: bool = False, dry_run: bool = False, verbose: int | None = None,
           force_resume: bool = False, stop_on_nonfinite: int = 10,
-          storage: str = "masked", sparse_init: bool = False) -> dict:
+          storage: str = "masked", sparse_init: bool = False,
+          flops_counting: str = "paper") -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
     Started again with the same workdir, it resumes from the last checkpoint. Every argument
@@ -185,7 +186,7 @@ class Experiment:
         model: the Keras model (narrowed for Small-Dense; masked for masked methods),
             compiled with the optimizer and the loss RigL/SNIP take gradients of.
         dense_flops: the dense forward FLOPs the FLOPs ratios are relative to: the model's
-            own, or for Small-Dense the full-width model's.
+            own, or for Small-Dense the full-width model's (``training.flops_counting``).
         schedule, optimizer: the learning-rate schedule and the (built) optimizer.
         updater: the method's ``rigl.Updater``, or None for a method without masks.
         train_seconds, skipped_updates: training time and skipped mask updates so far,
@@ -304,10 +305,10 @@ def build_network(config: TrainConfig, input_shape, num_classes: int,
         logging.info("%s: width multiplier %.4f", config.method, width)
         net = build_model(config.model, input_shape, num_classes, width=width)
         dense_flops = rigl.flops.dense_inference_flops(
-            build_model(config.model, input_shape, num_classes))
+            build_model(config.model, input_shape, num_classes), config.flops_counting)
     else:
         net = build_model(config.model, input_shape, num_classes)
-        dense_flops = rigl.flops.dense_inference_flops(net)
+        dense_flops = rigl.flops.dense_inference_flops(net, config.flops_counting)
     if traits.masked:
         net = rigl.sparsify(
             net, sparsity, config.distribution, config.custom_sparsity, config.dense_layers,
@@ -355,10 +356,10 @@ def build_sparse_network(config: TrainConfig, input_shape, num_classes: int,
         net = rigl.sparse_model(
             lambda dense: build_model(config.model, input_shape, num_classes, dense=dense),
             *options)
-        dense_flops = rigl.flops.dense_inference_flops(net)
+        dense_flops = rigl.flops.dense_inference_flops(net, config.flops_counting)
     else:
         dense = build_model(config.model, input_shape, num_classes)
-        dense_flops = rigl.flops.dense_inference_flops(dense)
+        dense_flops = rigl.flops.dense_inference_flops(dense, config.flops_counting)
         with warnings.catch_warnings():
             # Said once below, in the run's log, with the layers that do become sparse.
             warnings.filterwarnings("ignore", "to_sparse: layers .* stay masked")

@@ -82,6 +82,9 @@ DEFAULT_EXCLUDE = frozenset({
 ADDED_BINDINGS = {
     "training.storage": "masked",
     "training.sparse_init": False,
+    # Runs before it counted the model as it is; one resumed under the new default "paper"
+    # would average FLOPs logged with both countings (bind 'exact' to resume it).
+    "training.flops_counting": "exact",
 }
 
 
