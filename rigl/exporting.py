@@ -558,12 +558,17 @@ class _LiteRT:
 
 
 class _SavedModel:
+    """Runs ``serve`` through its one concrete function: calling the restored
+    ``tf.function`` re-checks its arguments against the signature on every call, which costs
+    ~0.3 ms, more than a LeNet's whole product (``docs/performance.md``)."""
+
     def __init__(self, folder: str):
         self.loaded = tf.saved_model.load(folder)  # owns the variables ``serve`` reads
-        self.serve = self.loaded.serve
+        self.serve = self.loaded.serve.get_concrete_function()
+        self.dtype = self.serve.structured_input_signature[0][0].dtype
 
     def __call__(self, x):
-        return self.serve(tf.convert_to_tensor(x)).numpy()
+        return self.serve(tf.constant(x, self.dtype)).numpy()
 
 
 def _runner(format: str, folder: str, batch: int | None = None):
