@@ -9,10 +9,11 @@ Formats:
 ``saved_model``
     A TensorFlow SavedModel (``serve`` / ``serving_default`` signatures; each variable stored
     once; the serving function compiled whole with XLA where that measured faster). Each
-    sparse layer becomes the fastest of: its dense layer (zeros stored), a sliced-ELL or a
-    CSR ``rigl.inference_layers.InferenceSparse``, timed on this machine at ``batch_size``
-    (``representation="sparse"`` leaves the dense layer out; ``"ell"``, ``"csr"`` or
-    ``"dense"`` forces one). Dense layers run sparse,
+    sparse layer becomes the fastest of: its dense layer (zeros stored), a sliced-ELL (or
+    one-slice ELL, ``ell_one_slice`` in the metadata's times; ``ell_slices`` records the
+    tables kept) or a CSR ``rigl.inference_layers.InferenceSparse``, timed on this machine
+    at ``batch_size`` (``representation="sparse"`` leaves the dense layer out; ``"ell"``
+    (sliced), ``"csr"`` or ``"dense"`` forces one). Dense layers run sparse,
     1×1 convolutions as products over pixels, k×k convolutions through patches (im2col).
     Depthwise convolutions and GRUs have no sparse kernel here and stay dense.
 ``tflite``
@@ -45,7 +46,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rigl.inference_layers import REPRESENTATIONS, InferenceSparse
+from rigl.inference_layers import REPRESENTATIONS, SLICE_TOLERANCE, InferenceSparse
 from rigl.layers import PLAIN_TWINS, MaskedConv2D, MaskedDense, is_masked
 from rigl.masking import _copy_weights, walk_layers
 from rigl.sparse_layers import SparseDense
@@ -66,6 +67,9 @@ SLOWER_THAN_BEST = 4.0
 # ELL gathers one input per product term: over this many terms (rows of the batch × nnz) a
 # dense or CSR product wins by far and the candidate is not even built (it would take long).
 ELL_MAX_TERMS = 1 << 25
+# representation="sparse" keeps each sparse layer within this many times its CSR bytes
+# (nnz × 4 + nnz × 4 + (n_out + 1) × 4): a one-slice ELL padded beyond it is not a candidate.
+SPARSE_SIZE_LIMIT = 1.2
 
 
 # ------------------------------------------------------------------------- sparse kernels
@@ -116,13 +120,30 @@ def _dense_twin(layer):
     return twin
 
 
-def _sparse_layer(layer, kernel, representation):
+def _sparse_layer(layer, kernel, representation, slice_tolerance=SLICE_TOLERANCE):
     rows, cols, values, shape, _, geometry = kernel
     bias = getattr(layer, "bias", None)
     bias = None if bias is None else keras.ops.convert_to_numpy(bias)
     return InferenceSparse.from_connections(
         rows, cols, values, shape, representation, bias=bias, name=layer.name,
-        activation=keras.activations.serialize(layer.activation), **geometry)
+        activation=keras.activations.serialize(layer.activation),
+        slice_tolerance=slice_tolerance, **geometry)
+
+
+def _sparse_candidates(layer, kernel, names, max_bytes=None) -> dict:
+    """The sparse kernels to time: each of ``names``, and for ``ell`` also its one-slice
+    form (``ell_one_slice``: one table padded to the widest neuron) where slicing made
+    several tables and, if ``max_bytes`` is given, the table stays within it. Slices save
+    padding where neurons' fan-ins differ (a trained mask), but each costs its own gather
+    and the outputs a final permutation: with a random mask's near-equal fan-ins one table
+    ran up to 1.7× faster at batch 1 (docs/performance.md)."""
+    candidates = {name: _sparse_layer(layer, kernel, name) for name in names}
+    sliced = candidates.get("ell")
+    if sliced is not None and sum(1 for s in sliced.slice_shapes if s[1]) > 1:
+        one = _sparse_layer(layer, kernel, "ell", 1.0)
+        if max_bytes is None or one.stored_bytes() <= max_bytes:
+            candidates["ell_one_slice"] = one
+    return candidates
 
 
 def _input_shape(layer, batch_size: int) -> tuple:
@@ -218,7 +239,9 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
         if len(names) < len(REPRESENTATIONS):
             record["not_measured"] = {"ell": f"{rows_of_batch} rows × {len(values)} "
                                              f"weights > {ELL_MAX_TERMS} gathered terms"}
-        candidates = {name: _sparse_layer(layer, kernel, name) for name in names}
+        candidates = _sparse_candidates(
+            layer, kernel, names,
+            None if choice == "auto" else SPARSE_SIZE_LIMIT * record["csr_bytes"])
         dense = _dense_twin(layer) if choice == "auto" else None
         if dense is not None:
             candidates["dense"] = dense
@@ -234,8 +257,10 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
         if chosen is None:
             raise ValueError(f"representation: layer {layer.name!r} ({shape[0]}×{shape[1]}) "
                              f"is too big for a dense form (over {DENSE_LIMIT} entries).")
-    record["representation"] = choice
+    record["representation"] = "ell" if choice == "ell_one_slice" else choice
     if isinstance(chosen, InferenceSparse):
+        if chosen.representation == "ell":
+            record["ell_slices"] = sum(1 for shape in chosen.slice_shapes if shape[1])
         record["stored_bytes"] = chosen.stored_bytes()
     else:
         record["stored_bytes"] = size * 4

@@ -188,11 +188,13 @@ class InferenceSparse(keras.layers.Layer):
 
     @classmethod
     def from_connections(cls, rows, cols, values, shape, representation, bias=None,
-                         **config):
-        """The layer holding ``W`` (``shape``) with ``values`` at ``(rows, cols)``."""
+                         slice_tolerance: float = SLICE_TOLERANCE, **config):
+        """The layer holding ``W`` (``shape``) with ``values`` at ``(rows, cols)``; an ELL
+        layer's slices are cut by ``ell_slices(counts, slice_tolerance)`` (1.0: one table,
+        padded to the widest neuron)."""
         n_in, n_out = shape
         if representation == "ell":
-            slices, inverse = ell_arrays(rows, cols, values, shape)
+            slices, inverse = ell_arrays(rows, cols, values, shape, slice_tolerance)
             layer = cls(n_out, n_in, len(values), "ell",
                         slice_shapes=[t.shape for t, _ in slices],
                         use_bias=bias is not None, **config)

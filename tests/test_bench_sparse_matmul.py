@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, script_module
 
 SCRIPT = os.path.join(ROOT, "scripts", "bench_sparse_matmul.py")

@@ -61,7 +61,7 @@ def test_tiny_run_has_every_field(tiny):
         assert cell["nnz"] == sum(layer["nnz"] for layer in cell["layers"])
         assert sum(cell["representations"].values()) == 3
         assert set(cell["representations"]) <= {"dense", "ell", "csr"}
-        assert all(set(layer["measured_ms"]) == {"dense", "ell", "csr"}
+        assert all(set(layer["measured_ms"]) - {"ell_one_slice"} == {"dense", "ell", "csr"}
                    for layer in cell["layers"])
         assert cell["sparse_layers"]["ratio"] > 0
         for key, batch in (("latency", 1), ("throughput", 8)):

@@ -351,7 +351,7 @@ def _export(model, path: str, format: str, batch_size: int, rounds: int,
 
 def _layer_record(record: dict) -> dict:
     keys = ("name", "kind", "kernel_shape", "nnz", "sparsity", "representation",
-            "measured_ms", "stored_bytes", "csr_bytes")
+            "ell_slices", "measured_ms", "stored_bytes", "csr_bytes")
     return {k: record[k] for k in keys if k in record}
 
 
@@ -524,7 +524,8 @@ SPEED_TARGETS = (
     ("mlp4096", 0.99, 5.0, "≥ 5× lower batch-1 latency at 99% for 4,096-wide Dense layers"),
     ("mobilenet_v1", 0.9, 1.5, "≥ 1.5× lower batch-1 latency for MobileNet-v1 at 90%"),
 )
-SIZE_TARGET = 1.2
+# The size target, which rigl.export(representation="sparse") keeps by construction.
+SIZE_TARGET = rigl.exporting.SPARSE_SIZE_LIMIT
 
 
 def targets(inference: dict) -> list[dict]:
