@@ -67,6 +67,23 @@ def active_counts(model) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def units_without_inputs(model) -> dict[str, int]:
+    """Sparse-kernel name -> how many of its output units (the kernel's last axis: a Dense
+    layer's neurons, a convolution's filters, a GRU's gate units) have no active input left.
+    SRigL's ablated neurons are these; other methods can starve a unit too."""
+    counts = {}
+    for weight in sparse_weights(model):
+        if isinstance(weight, SparseDense):
+            _, cols, _ = weight.connections()
+            n_out = weight.kernel_shape[-1]
+            counts[weight.name] = int(n_out - np.unique(cols).size)
+        else:
+            mask = keras.ops.convert_to_numpy(weight.mask) != 0
+            fed = mask.reshape(-1, mask.shape[-1]).any(axis=0)
+            counts[weight.name] = int(fed.size - np.count_nonzero(fed))
+    return counts
+
+
 def _dense_mask(layer: SparseDense) -> np.ndarray:
     rows, cols, _ = layer.connections()
     mask = np.zeros(layer.kernel_shape, bool)

@@ -274,3 +274,23 @@ def test_mlp_units_counts_units_that_keep_a_connection():
     conv = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3),
                              keras.layers.Flatten(), keras.layers.Dense(2)])
     assert reporting.mlp_units(conv) is None
+    # fc1's unit 2 has no input left; the dense logits layer is not a sparse kernel.
+    assert rigl.masking.units_without_inputs(model) == {"fc1": 1}
+
+
+def test_units_without_inputs_of_convolutions_and_sparse_storage():
+    conv = rigl.sparsify(keras.Sequential([
+        keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, name="conv"),
+        keras.layers.Flatten(), keras.layers.Dense(3, name="fc")]), 0.5)
+    mask = np.zeros((3, 3, 2, 4), "float32")
+    mask[0, 0, 1, 0] = mask[2, 1, 0, 3] = 1  # filters 0 and 3 keep an input; 1 and 2 none
+    rigl.masked_weights(conv)[0].mask.assign(mask)
+    starved = rigl.masking.units_without_inputs(conv)
+    assert starved["conv"] == 2 and set(starved) == {"conv", "fc"}
+    sparse = rigl.to_sparse(rigl.sparsify(keras.Sequential([
+        keras.Input((6,)), keras.layers.Dense(5, name="h")]), 0.0))
+    (layer,) = rigl.masking.sparse_weights(sparse)
+    rows, cols, values = layer.connections()
+    keep = cols != 4  # output unit 4 loses its every input
+    layer.set_connections(rows[keep], cols[keep], values[keep])
+    assert rigl.masking.units_without_inputs(sparse) == {"h": 1}

@@ -487,6 +487,24 @@ def test_aggregate_reads_copies_and_reports_validation_scores(tmp_path):
     assert "at best validation" in table and "98.00 ± 0.71" in table and "97.50 ± 0.71" in table
 
 
+def test_units_without_inputs_are_averaged_per_layer_and_tabled():
+    records = [sw.record_from_results(
+        _results("srigl", s, 0.9, units_without_inputs={"fc1": a, "fc2": b}),
+        run_name=f"srigl_uniform_s0.9_seed{s}") for s, (a, b) in enumerate([(4, 0), (6, 1)])]
+    records.append(sw.record_from_results(_results("rigl", 0, 0.9),  # a run from before
+                                          run_name="rigl_uniform_s0.9_seed0"))
+    rows = {row["method"]: row for row in sw.aggregate(records)}
+    assert rows["srigl"]["units_without_inputs"] == [5.0, 0.5]
+    assert "units_without_inputs" not in rows["rigl"]
+    table = sw.table_markdown(list(rows.values()), "t")
+    assert "| units without inputs |" in table.splitlines()[4]
+    assert "| 5-0.5 |" in table  # means over seeds, one decimal
+    # no unit without inputs anywhere: no column
+    plain = [sw.record_from_results(_results("rigl", 0, 0.9, units_without_inputs={"fc1": 0}),
+                                    run_name="rigl_uniform_s0.9_seed0")]
+    assert "units without inputs" not in sw.table_markdown(sw.aggregate(plain), "t")
+
+
 def test_aggregate_rejects_inconsistent_cells():
     records = _records()
     records[1] = {**records[1], "sparsity": 0.95}

@@ -258,6 +258,7 @@ def run_results(config: TrainConfig, net, *, steps: int, metrics: dict, eval_his
         "measured_sparsity": rigl.total_sparsity(net) if has_sparse_layers(net) else 0.0,
         "layer_sparsity": rigl.measured_sparsities(net),
         "mlp_units": mlp_units(net),
+        "units_without_inputs": rigl.masking.units_without_inputs(net),
         "steps": steps, "multiplier": config.multiplier, "batch_size": config.batch_size,
         "train_seconds": train_seconds, "seed": config.seed, "strategy": config.strategy,
         "num_replicas": num_replicas,

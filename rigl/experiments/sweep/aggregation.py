@@ -86,6 +86,8 @@ def record_from_results(results: Mapping, spec: Mapping | None = None,
             record[key] = results[key]
     if results.get("mlp_units"):
         record["mlp_units"] = results["mlp_units"]
+    if results.get("units_without_inputs"):
+        record["units_without_inputs"] = results["units_without_inputs"]
     return record
 
 
@@ -156,6 +158,10 @@ def aggregate(records: Sequence[Mapping]) -> list[dict]:
         units = [r.get("mlp_units") for r in group]
         if all(units) and len({len(u) for u in units}) == 1:
             row["mlp_units"] = [float(np.mean(column)) for column in zip(*units)]
+        starved = [r.get("units_without_inputs") for r in group]
+        if all(starved) and len({tuple(u) for u in starved}) == 1:
+            row["units_without_inputs"] = [float(np.mean([u[name] for u in starved]))
+                                           for name in starved[0]]
         for key in ("measured_sparsity", "train_flops_ratio", "inference_flops_ratio",
                     "size_mb", "train_seconds", "steps"):
             if all(key in r for r in group):
@@ -189,7 +195,7 @@ CSV_COLUMNS = ("cell", "method", "distribution", "sparsity", "multiplier", "tag"
                "seed_list", "metric", "mean", "std", "best_validation_mean",
                "best_validation_std", "best_mean", "best_std", "measured_sparsity",
                "train_flops_ratio", "inference_flops_ratio", "size_mb", "mlp_units",
-               "train_seconds", "steps")
+               "units_without_inputs", "train_seconds", "steps")
 
 
 def table_markdown(rows: Sequence[Mapping], title: str) -> str:
@@ -199,13 +205,15 @@ def table_markdown(rows: Sequence[Mapping], title: str) -> str:
     best = any("best_validation_mean" in row for row in rows)
     best_test = any("best_mean" in row for row in rows)
     units = any("mlp_units" in row for row in rows)
+    starved = any(any(row.get("units_without_inputs") or ()) for row in rows)
     size = any("size_mb" in row for row in rows)
     tags = any(row["tag"] for row in rows)
     header = ["method", "distribution", "sparsity", "multiplier", *(["tag"] if tags else []),
               "seeds", metric, *([f"{metric} at best validation"] if best else []),
               *([f"best {metric} during training"] if best_test else []),
               "measured sparsity", "train FLOPs", "inference FLOPs",
-              *(["size (MB)"] if size else []), *(["units kept"] if units else [])]
+              *(["size (MB)"] if size else []), *(["units kept"] if units else []),
+              *(["units without inputs"] if starved else [])]
     lines = [f"# {title}", "",
              f"{sum(row['seeds'] for row in rows)} runs in {len(rows)} cells. Mean ± sample "
              "standard deviation (ddof=1) over seeds of the final test score"
@@ -218,7 +226,10 @@ def table_markdown(rows: Sequence[Mapping], title: str) -> str:
                 if size else "")
              + ("; units kept: inputs, hidden units and outputs that keep at least one "
                 "connection (hidden: both an incoming and an outgoing one), mean over seeds"
-                if units else "") + ".", "",
+                if units else "")
+             + ("; units without inputs: per sparse layer, output units (neurons, filters) "
+                "left with no active input (SRigL's ablated neurons), mean over seeds"
+                if starved else "") + ".", "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         if row["sparsity"] is not None:
@@ -241,6 +252,9 @@ def table_markdown(rows: Sequence[Mapping], title: str) -> str:
         if units:
             cells.append("-".join(f"{u:.0f}" for u in row["mlp_units"])
                          if row.get("mlp_units") else "")
+        if starved:
+            cells.append("-".join(format(round(u, 1), "g") for u in row["units_without_inputs"])
+                         if row.get("units_without_inputs") else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -254,10 +268,10 @@ def write_tables(rows: Sequence[Mapping], results_dir: str, title: str) -> tuple
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
+        lists = ("seed_list", "mlp_units", "units_without_inputs")
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else
-                                 " ".join(map(str, row[k])) if k in ("seed_list", "mlp_units")
-                                 else row[k])
+                                 " ".join(map(str, row[k])) if k in lists else row[k])
                              for k in CSV_COLUMNS})
     return md_path, csv_path
 
