@@ -339,16 +339,21 @@ def _table_2(resnet):
     return rows
 
 
-def _readme_resnet(resnet):
-    dense = resnet.base("dense", None, None)
+def _dense_cells(figures, published):
+    """The dense model's training FLOPs, inference FLOPs and size against ``published``."""
+    dense = figures.base("dense", None, None)
     f_d = dense["dense_inference_flops"]
-    train_dense, test_dense, size_dense = README_RESNET["dense"]
-    tables = {"dense": {
-        "train": _cell(flops.total_train_flops(
-            "dense", f_d, steps=PAPER_SETUP["steps"], batch_size=PAPER_SETUP["batch_size"],
-            counting=resnet.counter.counting), train_dense),
-        "test": _cell(f_d, test_dense),
-        "size": _cell(dense["dense_size_mb"], size_dense)}}
+    train, test, size = published
+    return {"train": _cell(flops.total_train_flops(
+                "dense", f_d, steps=PAPER_SETUP["steps"],
+                batch_size=PAPER_SETUP["batch_size"], counting=figures.counter.counting),
+                train),
+            "test": _cell(f_d, test),
+            "size": _cell(dense["dense_size_mb"], size)}
+
+
+def _readme_resnet(resnet):
+    tables = {"dense": _dense_cells(resnet, README_RESNET["dense"])}
     for name in ("extended", "1x"):
         rows = []
         for distribution, sparsity, multiplier, first_dense, train, test, size in (
@@ -391,15 +396,7 @@ def _depthwise_layers(mobilenet):
 
 
 def _readme_mobilenet(mobilenet):
-    dense = mobilenet.base("dense", None, None)
-    f_d = dense["dense_inference_flops"]
-    train_dense, test_dense, size_dense = README_MOBILENET["dense"]
-    table = {"dense": {
-        "train": _cell(flops.total_train_flops(
-            "dense", f_d, steps=PAPER_SETUP["steps"], batch_size=PAPER_SETUP["batch_size"],
-            counting=mobilenet.counter.counting), train_dense),
-        "test": _cell(f_d, test_dense),
-        "size": _cell(dense["dense_size_mb"], size_dense)}, "rows": []}
+    table = {"dense": _dense_cells(mobilenet, README_MOBILENET["dense"]), "rows": []}
     for distribution, multiplier, sparsity, train, test, size in README_MOBILENET["rows"]:
         base = mobilenet.base("rigl", distribution, MOBILENET_SPARSITY,
                               dense_layers=_depthwise_layers(mobilenet))
