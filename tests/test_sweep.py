@@ -133,7 +133,7 @@ def test_unknown_method_and_missing_config_fail_at_planning(tmp_path):
                                "sweep.base_configs = ['nope.gin']"), str(tmp_path), ROOT)
 
 
-EXPECTED_RUNS = {"fashion_mnist_lenet300": 132, "mnist_lenet300_appendix": 3,
+EXPECTED_RUNS = {"fashion_mnist_lenet300": 168, "mnist_lenet300_appendix": 3,
                  "cifar10_small_cnn": 41}
 
 
