@@ -243,12 +243,10 @@ def inference_kernels(w, rows, cols, values, batch, names):
     ell_plain = tf.function(inference_layers._ell_product.python_function)
     pointers, inputs, ordered = (tf.constant(a) for a in
                                  inference_layers.csr_arrays(rows, cols, values, shape))
-    transposed = tf.constant(np.stack([cols, rows], 1).astype(np.int64))
-    by_output = np.lexsort((rows, cols))
-    csr = tf.raw_ops.SparseTensorToCSRSparseMatrix(
-        indices=tf.gather(transposed, by_output), values=tf.gather(values, by_output),
-        dense_shape=tf.constant((n_out, n_in), tf.int64))
-    coo = tf.sparse.reorder(tf.SparseTensor(transposed, values, (n_out, n_in)))
+    by_output = np.lexsort((rows, cols))  # Wᵀ's entries in row-major order
+    csr = _csr(cols[by_output], rows[by_output], values[by_output], (n_out, n_in))
+    coo = tf.SparseTensor(np.stack([cols, rows], 1)[by_output].astype(np.int64),
+                          values[by_output], (n_out, n_in))
     sources, targets = tf.constant(rows), tf.constant(cols)
     graphs = {
         "dense": tf.function(lambda x: tf.matmul(x, dense_w)),
