@@ -105,19 +105,15 @@ def _connected_units(layer) -> tuple[np.ndarray, np.ndarray] | None:
     an incoming one (boolean vectors; O(nnz) for a truly sparse layer); None for a layer
     without a kernel. Raises ``TypeError`` for a kernel that is not a Dense one."""
     if isinstance(layer, rigl.SparseDense):
-        rows, cols, _ = layer.connections()
-        n_in, n_out = layer.kernel_shape
-        return (np.bincount(rows, minlength=n_in) > 0), (np.bincount(cols, minlength=n_out) > 0)
+        return rigl.masking.connected_units(layer)
     kernel = getattr(layer, "kernel", None)
     if kernel is None:
         return None
     if not isinstance(layer, keras.layers.Dense) or len(kernel.shape) != 2:
         raise TypeError(layer.name)
-    mask = getattr(layer, "mask", None)
-    if mask is None:
+    if getattr(layer, "mask", None) is None:
         return np.ones(kernel.shape[0], bool), np.ones(kernel.shape[1], bool)
-    mask = keras.ops.convert_to_numpy(mask) != 0
-    return mask.any(axis=1), mask.any(axis=0)
+    return rigl.masking.connected_units(layer)
 
 
 def mlp_units(net) -> list[int] | None:
