@@ -139,7 +139,7 @@ def _sparse_candidates(layer, kernel, names, max_bytes=None) -> dict:
     ran up to 1.7× faster at batch 1 (docs/performance.md)."""
     candidates = {name: _sparse_layer(layer, kernel, name) for name in names}
     sliced = candidates.get("ell")
-    if sliced is not None and sum(1 for s in sliced.slice_shapes if s[1]) > 1:
+    if sliced is not None and sliced.ell_tables > 1:
         one = _sparse_layer(layer, kernel, "ell", 1.0)
         if max_bytes is None or one.stored_bytes() <= max_bytes:
             candidates["ell_one_slice"] = one
@@ -260,7 +260,7 @@ def _plan_layer(layer, choice: str, batch_size: int, rounds: int):
     record["representation"] = "ell" if choice == "ell_one_slice" else choice
     if isinstance(chosen, InferenceSparse):
         if chosen.representation == "ell":
-            record["ell_slices"] = sum(1 for shape in chosen.slice_shapes if shape[1])
+            record["ell_slices"] = chosen.ell_tables
         record["stored_bytes"] = chosen.stored_bytes()
     else:
         record["stored_bytes"] = size * 4
@@ -484,21 +484,14 @@ def _write_saved_model(model, path: str, batch_size: int, rounds: int) -> dict:
     the model's and as the endpoints'; keras-team/keras#23553), doubling the artefact.
     """
     x = _example_input(model, batch_size)
-    times, chosen = {}, {}
-    for jit in (False, True):
-        serve = _serve_function(model, jit)
-        if not jit:
-            times["plain"] = _median_ms(serve, x, rounds)
-            chosen[jit] = serve
-            continue
-        try:
-            times["xla"] = _median_ms(serve, x, rounds)
-            chosen[jit] = serve
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            times["xla"] = f"cannot compile: {str(error).splitlines()[0][:200]}"
-    measured = {k: v for k, v in times.items() if isinstance(v, float)}
-    jit = min(measured, key=measured.get) == "xla"
-    serve = chosen[jit]
+    plain, xla = _serve_function(model, False), _serve_function(model, True)
+    times = {"plain": _median_ms(plain, x, rounds)}
+    try:
+        times["xla"] = _median_ms(xla, x, rounds)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+        times["xla"] = f"cannot compile: {str(error).splitlines()[0][:200]}"
+    jit = isinstance(times["xla"], float) and times["xla"] < times["plain"]
+    serve = xla if jit else plain
     module = tf.Module()
     concrete = serve.get_concrete_function()
     module.variables_used = list(concrete.variables)

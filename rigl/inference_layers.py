@@ -214,6 +214,12 @@ class InferenceSparse(keras.layers.Layer):
             layer.bias.assign(bias)
         return layer
 
+    @property
+    def ell_tables(self) -> int:
+        """How many ELL slices hold inputs (the empty slice of input-less neurons aside);
+        0 for CSR."""
+        return sum(1 for _, width in self.slice_shapes if width)
+
     def stored_bytes(self) -> int:
         """Bytes of the sparse kernel's arrays (bias excluded)."""
         variables = (self.tables + self.table_weights + [self.inverse]
