@@ -11,7 +11,7 @@ Castro, Elsen, ICML 2020, https://arxiv.org/abs/1911.11134).
 # `import rigl` loads the library only: neither gin, TFDS nor rigl.experiments. The loss and
 # learning-rate schedule that models saved by scripts/train.py reference are registered by
 # rigl.losses and rigl.schedules, so those models load with keras.saving.load_model.
-from rigl import flops, losses, methods, schedules  # noqa: F401
+from rigl import flops, kernels, losses, methods, schedules  # noqa: F401
 from rigl.callbacks import SparseTraining
 from rigl.conversion import to_masked, to_sparse
 from rigl.distributions import DISTRIBUTIONS, layer_sparsities
@@ -19,6 +19,7 @@ from rigl.exporting import export, load_exported
 from rigl.granet import GraNet
 from rigl.layers import MaskedConv2D, MaskedDense, MaskedDepthwiseConv2D, MaskedGRU
 from rigl.masking import (
+    DenseKernelsWarning,
     get_masks,
     masked_layers,
     masked_weights,
@@ -26,9 +27,11 @@ from rigl.masking import (
     sparse_weights,
     sparsify,
     strip,
+    summary,
     total_sparsity,
 )
 from rigl.methods import METHODS, UPDATERS, get_updater
+from rigl.path_masks import SparseModel
 from rigl.sparse_build import sparse_model
 from rigl.sparse_layers import SparseDense
 from rigl.srigl import SRigL
@@ -48,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DISTRIBUTIONS",
+    "DenseKernelsWarning",
     "GraNet",
     "GradualPruning",
     "MaskedConv2D",
@@ -61,6 +65,7 @@ __all__ = [
     "SNIP",
     "SRigL",
     "SparseDense",
+    "SparseModel",
     "SparseTraining",
     "Static",
     "UPDATERS",
@@ -78,6 +83,7 @@ __all__ = [
     "methods",
     "measured_sparsities",
     "sparse_model",
+    "summary",
     "sparse_weights",
     "sparsify",
     "strip",

@@ -67,6 +67,7 @@ def layer_sparsities(
     distribution: str = "uniform",
     custom_sparsity: Mapping[str, float] | None = None,
     erk_power_scale: float = 1.0,
+    density_dims: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, float]:
     """Computes the sparsity of every layer for a target overall sparsity.
 
@@ -80,6 +81,9 @@ def layer_sparsities(
             value and are left out of the ER/ERK balancing entirely.
         erk_power_scale: Exponent of the ERK raw density, finite and ``>= 0`` (0 makes all raw
             densities equal). Only used by ``erk``.
+        density_dims: Layer name -> the dims ER/ERK read instead of its shape (sizes still
+            come from ``shapes``): e.g. an ``EinsumDense`` kernel ``(d, heads, head_dim)`` read
+            as the matrix ``(d, heads·head_dim)`` (``rigl.kernels``).
 
     Returns:
         Layer name -> sparsity, in the key order of ``shapes``.
@@ -104,7 +108,18 @@ def layer_sparsities(
 
     sizes = {name: math.prod(shape) for name, shape in shapes.items() if name not in custom}
     # ER only looks at fan-in/fan-out, i.e. the last two dims of a kernel.
-    kept = {name: shapes[name][-2:] if distribution == "er" else shapes[name] for name in sizes}
+    read = dict(shapes)  # the dims ER/ERK read
+    if density_dims:
+        unknown = sorted(set(density_dims) - set(shapes))
+        if unknown:
+            raise ValueError(f"`density_dims` has unknown layers {unknown}; known: {[*shapes]}.")
+        for name, value in density_dims.items():
+            value = tuple(value)
+            if not value or not all(isinstance(d, numbers.Integral) and d > 0 for d in value):
+                raise ValueError(f"`density_dims['{name}']` must be positive integer dims, got "
+                                 f"{value!r}.")
+            read[name] = tuple(int(d) for d in value)
+    kept = {name: read[name][-2:] if distribution == "er" else read[name] for name in sizes}
     base = {name: sum(dims) / math.prod(dims) for name, dims in kept.items()}
     power = erk_power_scale if distribution == "erk" else 1.0
     # Only ratios of raw densities matter; dividing by the largest base before the power keeps
