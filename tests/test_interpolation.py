@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import keras
 import numpy as np
 import pytest
+from absl import flags
+from conftest import ROOT, script_module
 
 import rigl
 from rigl.experiments import interpolation as interp
+from rigl.experiments.errors import UsageError
+
+SCRIPT = os.path.join(ROOT, "scripts", "interpolate.py")
 
 N_IN, N_HIDDEN, N_OUT = 6, 5, 3
 
@@ -142,3 +150,43 @@ def test_other_bad_arguments_name_the_parameter():
         [keras.Input((N_IN,)), dense(N_OUT, name="o")]), 0.5)
     with pytest.raises(ValueError, match=r"^model: layer 'o' is a SparseDense"):
         interp.interpolate(sparse, sparse, sparse, 0.5)
+
+
+# ------------------------------------------------------------------- scripts/interpolate.py
+@pytest.fixture(scope="module")
+def script():
+    with script_module(SCRIPT, "interpolate_script") as module:
+        yield module
+
+
+def _restarts(script, *argv):
+    absl_logger = logging.getLogger("absl")  # parsing flags sets absl's log level
+    level = absl_logger.level
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["interpolate.py", *argv])
+    try:
+        return script.parse_restarts()
+    finally:
+        flags.FLAGS.unparse_flags()
+        absl_logger.setLevel(level)
+
+
+def test_script_restart_flags(script):
+    assert _restarts(script) == ([0.0, 0.25, 0.5, 0.75, 1.0], ["static", "rigl"])
+    assert _restarts(script, "--restart_alphas=1", "--restart_methods=rigl") == ([1.0],
+                                                                                 ["rigl"])
+    with pytest.raises(UsageError, match=r"^--restart_alphas: '1.5' is not a number in"):
+        _restarts(script, "--restart_alphas=0,1.5")
+    with pytest.raises(UsageError, match=r"^--restart_methods: unknown 'set'"):
+        _restarts(script, "--restart_methods=static,set")
+
+
+def test_script_plot_draws_every_restart(script, tmp_path):
+    path = [{"alpha": a, "train_loss": 1 + a * (1 - a), "test_accuracy": 0.9} for a in
+            (0.0, 0.5, 1.0)]
+    restarts = [{"alpha": a, "method": m, "curve": [2.0, 1.0, 0.5], "barrier_to_static": 0.1,
+                 "barrier_to_pruned": 1.0} for a in (0.0, 1.0) for m in ("static", "rigl")]
+    results = {"solutions": {"static": {"train_loss": 1.0}, "pruned": {"train_loss": 1.0}},
+               "path": path, "barrier": 0.25, "restarts": restarts}
+    written = script.plot(results, str(tmp_path / "figure.png"))
+    assert os.path.getsize(written) > 10_000
