@@ -46,8 +46,10 @@ weights (the code keeps the first k of a sort of its boolean mask). The minimum 
 live neurons comes from the budget B (the code uses the current count, which can only be
 lower).
 
-SRigL runs on masked Dense and Conv2D kernels (dense storage); a depthwise convolution, a
-GRU kernel or a truly sparse layer (``rigl.SparseDense``) is refused at bind.
+SRigL runs on masked Dense and Conv1D/2D/3D kernels (masked twins, or masked by path in a
+``rigl.SparseModel``; dense storage), whose last axis is the output neurons; a depthwise
+convolution, an EinsumDense or recurrent kernel, or a truly sparse layer
+(``rigl.SparseDense``) is refused at bind.
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import distributions, selection
-from rigl.layers import MaskedConv2D, MaskedDense
 from rigl.schedules import _check_real
 from rigl.seeds import stable_seed
 from rigl.updaters import RigL, floor_count
 
-SUPPORTED_LAYERS = (MaskedDense, MaskedConv2D)
+# Layers whose kernel's last axis is the output neurons (masked twins, or plain layers masked
+# by path in a rigl.SparseModel).
+SUPPORTED_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
+                    keras.layers.Conv3D)
 
 
 def constant_fan_in(budget: int, fan_in: int, neurons: int, name: str = "layer") -> int:
@@ -147,12 +151,13 @@ class SRigL(RigL):
     def _on_bind(self, targets):
         for target in targets:
             layer = getattr(getattr(target, "target", None), "layer", None)
-            if not isinstance(layer, SUPPORTED_LAYERS) or len(target.shape) not in (2, 4):
+            if not isinstance(layer, SUPPORTED_LAYERS) or len(target.shape) not in (2, 3, 4, 5):
                 kind = type(layer).__name__ if layer is not None else type(target).__name__
                 raise ValueError(
                     f"model: sparse weight {target.name!r} belongs to a {kind}; SRigL "
-                    "(constant fan-in) supports masked Dense and Conv2D kernels only. Keep "
-                    "that layer dense (dense_layers) or use another method.")
+                    "(constant fan-in) supports Dense and Conv1D/2D/3D kernels only (their last "
+                    "axis is the output neurons). Keep that layer dense (dense_layers, "
+                    "exclude) or use another method.")
         if self.sparsity is not None:
             shapes = {target.name: target.shape for target in targets}
             sparsities = distributions.layer_sparsities(

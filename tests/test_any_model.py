@@ -400,3 +400,19 @@ def test_a_model_that_cannot_be_copied_is_wrapped_in_place_on_request():
     assert sparse.model is model
     assert [t.masked_kernel for t in rigl.masked_weights(sparse)] == [
         model.get_layer("conv").kernel, model.get_layer("head").kernel]
+
+
+def test_srigl_runs_on_dense_and_convolutions_masked_by_path_and_refuses_einsum():
+    sparse = sparsify_quietly(light_model(), 0.75, exclude=["proj"])
+    sparse.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ds = data()
+    sparse.fit(ds, epochs=1, verbose=0, callbacks=[
+        rigl.SparseTraining(rigl.SRigL(update_freq=2, end_step=100), data=ds)])
+    for target in rigl.masked_weights(sparse):  # constant fan-in: equal counts per neuron
+        mask = keras.ops.convert_to_numpy(target.mask).reshape(-1, target.mask.shape[-1])
+        fan_in = mask.sum(axis=0)
+        assert len(set(fan_in[fan_in > 0])) == 1, target.name
+    with_einsum = sparsify_quietly(light_model(), 0.75)
+    with_einsum.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="'proj/kernel' belongs to a EinsumDense; SRigL"):
+        rigl.SRigL(update_freq=2).bind(with_einsum)
