@@ -416,3 +416,62 @@ def test_srigl_runs_on_dense_and_convolutions_masked_by_path_and_refuses_einsum(
     with_einsum.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="'proj/kernel' belongs to a EinsumDense; SRigL"):
         rigl.SRigL(update_freq=2).bind(with_einsum)
+
+
+MIRRORED_SCRIPT = """
+import json
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+import keras
+import numpy as np
+import rigl
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 16, 8)).astype("float32")
+y = rng.integers(0, 4, size=256)
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 8))
+    h = keras.layers.Conv1D(12, 3, strides=4, padding="same", name="conv")(inp)
+    h = keras.layers.EinsumDense("btd,dhe->bthe", (4, 3, 4), name="proj")(h)
+    out = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(h))
+    model = rigl.sparsify(keras.Model(inp, out), 0.8, "erk", seed=0)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+before = rigl.get_masks(model)
+model.fit(ds, epochs=2, verbose=0,
+          callbacks=[rigl.SparseTraining(rigl.RigL(update_freq=4), data=ds)])
+after = rigl.get_masks(model)
+print("RESULT_JSON:" + json.dumps({
+    "wrapped": type(model).__name__,
+    "mirrored": [type(t.mask.value).__name__ for t in rigl.masked_weights(model)],
+    "mismatches": rigl.masking.replica_mismatches(model),
+    "changed": int(sum((before[n] != m).sum() for n, m in after.items())),
+    "counts_kept": all(int(before[n].sum()) == int(m.sum()) for n, m in after.items()),
+}))
+"""
+
+
+def test_wrapped_model_under_mirrored_strategy_keeps_masks_identical(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=900, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT_JSON:")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT_JSON:"):])
+    assert result["wrapped"] == "SparseModel"
+    assert all("Mirrored" in kind for kind in result["mirrored"]), result["mirrored"]
+    assert result["mismatches"] == []
+    assert result["changed"] > 0 and result["counts_kept"]
