@@ -54,6 +54,8 @@ def _weights(path):
     return keras.saving.load_model(os.path.join(path, "model.keras")).get_weights()
 
 
+# Slow (four short runs: ~1.5 min of CPU).
+@pytest.mark.slow
 def test_skipping_run_resumes_on_the_batches_it_would_have_read(data_dir, tmp_path):
     """A run resumed from step 40 (after the updates at 0 and 20 spent a batch each) must read
     on from batch 42, as the uninterrupted run did: the same weights at the end."""
