@@ -139,3 +139,20 @@ def test_drop_noise_std_is_checked_and_rigl_only():
     with pytest.raises(ValueError, match="drop_noise_std: SET does not take it"):
         rigl.get_updater("set", drop_noise_std=1e-5)
     assert rigl.get_updater("rigl", drop_noise_std=1e-5).drop_noise_std == 1e-5
+
+
+def test_drop_noise_binding_reaches_rigl_and_is_checked_in_a_dry_run():
+    from rigl.experiments import config as run_config
+
+    gin.clear_config()
+    try:
+        gin.parse_config(["updater.drop_noise_std = 1e-5"])
+        with gin.config_scope("rigl"):
+            updater = run_config.make_updater("rigl", 0.9, "uniform", None, 1.0, 0)
+    finally:
+        gin.clear_config()
+    assert updater.drop_noise_std == 1e-5
+    with pytest.raises(UsageError, match="updater.drop_noise_std: must be a number"):
+        _run(None, "/nowhere", ["updater.drop_noise_std=-1e-5"])
+    with pytest.raises(UsageError, match="training.mask_update_skips_step: expected True"):
+        _run(None, "/nowhere", ["training.mask_update_skips_step=1"])
