@@ -44,6 +44,7 @@ UPDATER_ARGS = (
     "sparsity", "distribution", "custom_sparsity", "erk_power_scale", "initial_sparsity",
     "update_freq", "begin_step", "end_step", "drop_fraction", "drop_fraction_decay",
     "decay_power", "grow_init", "seed", "grad_accumulation_n", "pruning_scope", "gamma_sal",
+    "drop_noise_std",
 )
 FLOPS_RULES = ("dense", "sparse", "snfs", "rigl", "prune", "granet")
 

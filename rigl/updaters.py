@@ -61,7 +61,13 @@ import numpy as np
 import tensorflow as tf
 
 from rigl import distributions, optimizer_state, sparse_layers
-from rigl.schedules import DropFraction, UpdateSchedule, _check_int, polynomial_sparsity
+from rigl.schedules import (
+    DropFraction,
+    UpdateSchedule,
+    _check_int,
+    _check_real,
+    polynomial_sparsity,
+)
 from rigl.seeds import stable_seed
 from rigl.selection import drop_and_grow, drop_and_grow_checked  # noqa: F401 (re-exported)
 from rigl.storage import Storage, StorageView, storages
@@ -721,6 +727,11 @@ class RigL(Updater):
             current weights; the reference implementations average the gradients of the n
             training steps before the update instead (their backward hooks see them for
             free; an updater here sees no training step). n = 1 is plain RigL, bit for bit.
+        drop_noise_std: standard deviation of a normal noise added to the drop scores |w|
+            (stateless, seeded by the seed, the layer and the step), as the reference's TF1
+            ``SparseRigLOptimizer`` adds N(0, 1e-5) "for slight bit of randomness"
+            (google-research/rigl ``sparse_optimizers.py``). 0 (default): none, ties break
+            by position.
         (the rest): see ``Updater``.
     """
 
@@ -730,14 +741,26 @@ class RigL(Updater):
     def __init__(self, update_freq: int = 100, begin_step: int = 0,
                  end_step: int | None = None, drop_fraction: float = 0.3,
                  drop_fraction_decay: str = "cosine", decay_power: float = 1.0,
-                 grow_init: str = "zeros", grad_accumulation_n: int = 1, seed: int = 0):
+                 grow_init: str = "zeros", grad_accumulation_n: int = 1, seed: int = 0,
+                 drop_noise_std: float = 0.0):
         super().__init__(update_freq, begin_step, end_step, drop_fraction, drop_fraction_decay,
                          decay_power, grow_init, seed)
         self.grad_accumulation_n = _check_int("grad_accumulation_n", grad_accumulation_n, 1)
+        self.drop_noise_std = _check_real("drop_noise_std", drop_noise_std, 0.0, float("inf"),
+                                          high_open=True)
 
     @property
     def batches_per_update(self) -> int:
         return self.grad_accumulation_n
+
+    def drop_scores(self, layer):
+        scores = tf.abs(layer.weights)
+        if not self.drop_noise_std:
+            return scores
+        seed = tf.stack([tf.constant(stable_seed(self.seed, layer.name, "drop_noise"), tf.int64),
+                         layer.step])
+        return scores + tf.random.stateless_normal(tf.shape(scores), seed,
+                                                   stddev=self.drop_noise_std, dtype=scores.dtype)
 
     def grow_scores(self, layer):
         return tf.abs(layer.gradient)

@@ -7,12 +7,13 @@ Gin names (bind them in ``gin_configs/`` or with ``--gin_bindings``):
   train_steps / epochs, multiplier, batch_size, eval_batch_size, eval_every_steps,
   checkpoint_every_steps, log_every_steps, seed, strategy, label_smoothing,
   mask_snapshot_steps, deterministic, smoke, verbose, stop_on_nonfinite, storage,
-  sparse_init, flops_counting); ``train`` turns them into a ``TrainConfig``;
+  sparse_init, flops_counting, mask_update_skips_step); ``train`` turns them into a
+  ``TrainConfig``;
 * ``updater.*`` (``make_updater``): update_freq, begin_step, end_step, drop_fraction,
   drop_fraction_decay, decay_power, grow_init, initial_sparsity (gradual pruning, GraNet),
-  grad_accumulation_n (RigL), pruning_scope (GraNet), gamma_sal (SRigL); a binding
-  scoped by the method's name (``prune/updater.update_freq = 1000``) applies to that method
-  only;
+  grad_accumulation_n and drop_noise_std (RigL), pruning_scope (GraNet), gamma_sal (SRigL);
+  a binding scoped by the method's name (``prune/updater.update_freq = 1000``) applies to
+  that method only;
 * ``optimizer.*``, ``learning_rate.*`` (``rigl.experiments.optim``), ``dataset.*`` (data_dir,
   download, validation_examples, image_size, seq_len, wikitext_dir), ``model.*`` (width,
   weight_decay, ...), ``strategy.*`` (devices, logical_cpus, tpu_address): the factories of
@@ -73,7 +74,8 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
                  multiplier=1.0, storage="masked", update_freq=100, begin_step=0,
                  end_step=None, drop_fraction=0.3, drop_fraction_decay="cosine",
                  decay_power=1.0, grow_init="zeros", initial_sparsity=0.0,
-                 grad_accumulation_n=1, pruning_scope="global", gamma_sal=0.3):
+                 grad_accumulation_n=1, pruning_scope="global", gamma_sal=0.3,
+                 drop_noise_std=0.0):
     """The updater of ``method`` (None without masks); its step anchors scale with
     ``multiplier``. Every ``updater.*`` binding goes to ``rigl.get_updater``, which keeps
     those the method takes; one it refuses is a ``UsageError`` naming ``updater.<name>``, as
@@ -97,7 +99,7 @@ def make_updater(method, sparsity, distribution, custom_sparsity, erk_power_scal
             drop_fraction=drop_fraction, drop_fraction_decay=drop_fraction_decay,
             decay_power=decay_power, grow_init=grow_init, seed=seed,
             grad_accumulation_n=grad_accumulation_n, pruning_scope=pruning_scope,
-            gamma_sal=gamma_sal)
+            gamma_sal=gamma_sal, drop_noise_std=drop_noise_std)
     except ValueError as error:
         # The constructors only check their arguments, and the training.* ones were checked
         # by TrainConfig: what is left is an updater.* binding, named first in the message.
@@ -170,6 +172,15 @@ class TrainConfig:
             stem or depthwise layers (see ``rigl.flops``). A run's pruning FLOPs are measured
             after every update and averaged over every step in both. Runs from before it
             counted "exact" (``workdir.ADDED_BINDINGS``).
+        mask_update_skips_step: a step at which the masks are updated spends its batch on
+            the update's gradient only, as the reference's TF1 ``SparseRigLOptimizer`` does
+            (google-research/rigl ``sparse_optimizers.py``: the mask update replaces the
+            optimizer step, and the step count does not advance); the optimizer step then
+            takes the next batch. The run reads one batch more per update than it has steps
+            (the reference's 120,000 MNIST iterations with 501 updates are 119,499 steps).
+            Off by default: the update and the optimizer step share the step's batch. Only
+            for methods whose update takes a gradient (rigl and its variants), not with
+            ``updater.grad_accumulation_n`` > 1.
     """
 
     workdir: str | None
@@ -203,6 +214,7 @@ class TrainConfig:
     storage: str = "masked"
     sparse_init: bool = False
     flops_counting: str = "paper"
+    mask_update_skips_step: bool = False
 
     def __post_init__(self):
         # Everything the user can get wrong is checked here, before the build phase and long
@@ -250,7 +262,8 @@ class TrainConfig:
                              f"{self.mask_snapshot_steps!r}.")
         for step in self.mask_snapshot_steps:
             _check_int("training.mask_snapshot_steps", step, minimum=0)
-        for name in ("deterministic", "smoke", "dry_run", "force_resume", "sparse_init"):
+        for name in ("deterministic", "smoke", "dry_run", "force_resume", "sparse_init",
+                     "mask_update_skips_step"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training.{name}: expected True or False, got "
                                  f"{getattr(self, name)!r}.")
@@ -267,6 +280,12 @@ class TrainConfig:
                              "there is no sparse kernel to rescale; use it with a method that "
                              "starts sparse (static, set, snfs, rigl).")
         self._check_storage()
+        updater = self.method_traits.updater
+        if self.mask_update_skips_step and not (updater is not None and updater.changes_masks
+                                                and updater.needs_gradients):
+            raise UsageError(f"training.mask_update_skips_step: method {self.method!r} has no "
+                             "mask update that takes a gradient to spend a batch on; use it "
+                             "with rigl (the reference's SparseRigLOptimizer does this).")
         if self.workdir is None and not self.dry_run:
             raise UsageError("workdir: required unless dry_run.")
 

@@ -93,7 +93,7 @@ def train(workdir: str | None, dataset: str = "mnist", model: str = "lenet300_10
           smoke: bool = False, dry_run: bool = False, verbose: int | None = None,
           force_resume: bool = False, stop_on_nonfinite: int = 10,
           storage: str = "masked", sparse_init: bool = False,
-          flops_counting: str = "paper") -> dict:
+          flops_counting: str = "paper", mask_update_skips_step: bool = False) -> dict:
     """Trains one experiment in ``workdir`` and returns its results (also ``results.json``).
 
     Started again with the same workdir, it resumes from the last checkpoint. Every argument
@@ -229,6 +229,10 @@ def build_experiment(config: TrainConfig) -> Experiment:
         updater = make_updater(config.method, config.sparsity, config.distribution,
                                config.custom_sparsity, config.erk_power_scale, config.seed,
                                config.multiplier, config.storage)
+    if config.mask_update_skips_step and updater.batches_per_update != 1:
+        raise UsageError("training.mask_update_skips_step: an update spends the one batch of "
+                         f"its step; updater.grad_accumulation_n = "
+                         f"{updater.batches_per_update} takes several. Use one or the other.")
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -597,11 +601,13 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
     """Trains from ``start_step`` to the end; returns the last step.
 
     Each step: the mask update if one is due (``rigl.SparseTraining``, on this step's
-    batch), the optimizer step, the step's reports, then an evaluation and a checkpoint when
-    their periods say so (and both at the last step), in that order: the eval log is saved
-    with the checkpoint, just before it, so a kill anywhere leaves a checkpoint whose
-    evaluations are all in the eval log. Training time (evaluations of earlier steps
-    included, as before) accumulates in ``experiment.train_seconds``.
+    batch; with ``training.mask_update_skips_step`` the update spends the batch and the
+    optimizer step takes the next one), the optimizer step, the step's reports, then an
+    evaluation and a checkpoint when their periods say so (and both at the last step), in
+    that order: the eval log is saved with the checkpoint, just before it, so a kill
+    anywhere leaves a checkpoint whose evaluations are all in the eval log. Training time
+    (evaluations of earlier steps included, as before) accumulates in
+    ``experiment.train_seconds``.
 
     Raises:
         NonFiniteLossError: ``training.stop_on_nonfinite`` non-finite losses in a row, or
@@ -610,9 +616,13 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
     """
     config, strategy, spec = experiment.config, experiment.strategy, experiment.data
     total_steps = experiment.total_steps
+    skips = config.mask_update_skips_step and experiment.updater is not None
+    # With mask_update_skips_step every update before start_step spent a batch of its own.
+    read = start_step + (updates_before(experiment.updater, total_steps, start_step)
+                         if skips else 0)
     batches = iter(strategy.distribute_datasets_from_function(
         lambda ctx: spec.train_fn(ctx, ctx.get_per_replica_batch_size(config.batch_size),
-                                  start_step)))
+                                  read)))
     sparse = None
     if experiment.updater is not None:
         # Mask updates in a TensorBoard run of their own: the update at step t comes after
@@ -642,7 +652,13 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
             if sparse is not None:
                 sparse.set_batch(ahead[-1])
         batch = ahead.popleft()
+        updates = len(sparse.history) if sparse is not None else 0
         callbacks.on_train_batch_begin(step)
+        if skips and len(sparse.history) > updates:
+            # The update spent this batch; optimizer step `step` takes the next one (the
+            # callback, whose host count moved on, checks optimizer.iterations at its next
+            # update and finds this step again).
+            continue
         loss, correct = train_step(batch)
         step += 1
         callbacks.on_train_batch_end(step - 1)
@@ -666,6 +682,17 @@ def train_loop(experiment: Experiment, checkpoint: TrainCheckpoint,
             checkpoint.save(step, seconds)  # at the last step: the run's train_seconds
     callbacks.on_train_end()
     return step
+
+
+def updates_before(updater: rigl.Updater, total_steps: int, step: int) -> int:
+    """How many mask updates a run of ``total_steps`` makes before optimizer step ``step``
+    (those at steps ``0 .. step - 1``): the batches they spent under
+    ``training.mask_update_skips_step``."""
+    if not updater.changes_masks or step <= 0:
+        return 0
+    schedule = updater.schedule.resolve(total_steps)
+    return sum(1 for t in range(schedule.begin_step, min(step, schedule.end() + 1))
+               if schedule.is_update_step(t))
 
 
 def _loss_terms(task: str, labels, logits, label_smoothing: float = 0.0):

@@ -85,6 +85,9 @@ ADDED_BINDINGS = {
     # Runs before it counted the model as it is; one resumed under the new default "paper"
     # would average FLOPs logged with both countings (bind 'exact' to resume it).
     "training.flops_counting": "exact",
+    "training.mask_update_skips_step": False,
+    # Matched under any scope (a method's: ``rigl/updater.drop_noise_std``).
+    "updater.drop_noise_std": 0.0,
 }
 
 
@@ -432,7 +435,9 @@ def check_identity(workdir: str, bindings: Mapping[str, object], force: bool = F
                             IDENTITY_FILE)
         write_identity(workdir, bindings)
         return "adopted" if has_checkpoints else "new"
-    added = {name: value for name, value in ADDED_BINDINGS.items() if name in bindings}
+    # A scoped binding (``rigl/updater.drop_noise_std``) is added under its unscoped name.
+    added = {name: ADDED_BINDINGS[name.rsplit("/", 1)[-1]] for name in bindings
+             if name.rsplit("/", 1)[-1] in ADDED_BINDINGS}
     changed = differences({**added, **stored["bindings"]}, bindings)
     if not changed:
         return "same"
