@@ -212,10 +212,15 @@ def is_masked(layer) -> bool:
     return isinstance(layer, MaskedLayerMixin | MaskedGRU)
 
 
+def kernel_variables(layer) -> dict:
+    """Masked-weight name -> kernel variable of a built maskable layer (plain or masked)."""
+    if isinstance(layer, keras.layers.GRU):
+        return {f"{layer.name}/kernel": layer.cell.kernel,
+                f"{layer.name}/recurrent_kernel": layer.cell.recurrent_kernel}
+    kernel = layer.kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer._kernel
+    return {layer.name: kernel}
+
+
 def kernel_shapes(layer) -> dict[str, tuple]:
     """Masked-weight name -> kernel shape of a built maskable layer (plain or masked)."""
-    if isinstance(layer, keras.layers.GRU):
-        return {f"{layer.name}/kernel": tuple(layer.cell.kernel.shape),
-                f"{layer.name}/recurrent_kernel": tuple(layer.cell.recurrent_kernel.shape)}
-    kernel = layer.kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer._kernel
-    return {layer.name: tuple(kernel.shape)}
+    return {name: tuple(v.shape) for name, v in kernel_variables(layer).items()}

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 
 import keras
 import numpy as np
 
 from rigl import distributions, kernels, seeds
-from rigl.layers import MASKED_TWINS, PLAIN_TWINS, MaskedWeight, is_masked, kernel_shapes
+from rigl.layers import (
+    MASKED_TWINS,
+    PLAIN_TWINS,
+    MaskedWeight,
+    is_masked,
+    kernel_shapes,
+    kernel_variables,
+)
 from rigl.path_masks import SparseModel, copy_model, wrap
 from rigl.sparse_layers import SparseDense
 
@@ -303,12 +311,7 @@ def _twin_names(model, selected: list[kernels.Kernel]) -> dict[int, str] | None:
     for layer in walk_layers(model):
         if type(layer) not in MASKED_TWINS:
             continue
-        if isinstance(layer, keras.layers.GRU):
-            owned = {f"{layer.name}/kernel": layer.cell.kernel,
-                     f"{layer.name}/recurrent_kernel": layer.cell.recurrent_kernel}
-        else:
-            owned = {layer.name: layer.kernel if isinstance(
-                layer, keras.layers.DepthwiseConv2D) else layer._kernel}
+        owned = kernel_variables(layer)
         for name, variable in owned.items():
             names[id(variable)] = name
             layers[id(variable)] = [id(v) for v in owned.values()]
@@ -345,10 +348,8 @@ def _plan_by_path(selected: list[kernels.Kernel], sparsity, distribution, custom
                                           density_dims=density)
 
 
-def _warn_dense(dense: list[kernels.Kernel], names: Mapping[int, str] | None = None) -> None:
+def _warn_dense(dense: list[kernels.Kernel]) -> None:
     if dense:
-        import warnings
-
         listed = [f"{k.path} {k.shape}" for k in dense]
         warnings.warn(f"rigl.sparsify left {len(dense)} trainable kernel(s) dense: "
                       f"{', '.join(listed)}.", DenseKernelsWarning, stacklevel=3)
