@@ -98,6 +98,52 @@ def test_char_gru_gives_per_position_logits():
     assert tuple(logits.shape) == (2, 16, 256)
 
 
+def _char_transformer(**options):
+    options = {"num_layers": 2, "hidden_dim": 32, "num_heads": 4, "intermediate_dim": 64,
+               **options}
+    return models.build_model("char_transformer", (12,), 256, **options)
+
+
+def test_char_transformer_is_causal_with_per_position_logits():
+    model = _char_transformer()
+    tokens = np.random.default_rng(0).integers(0, 256, (2, 12)).astype(np.int32)
+    logits = keras.ops.convert_to_numpy(model(tokens))
+    assert logits.shape == (2, 12, 256)
+    changed = tokens.copy()
+    changed[:, 7] = (changed[:, 7] + 1) % 256  # a later byte cannot change earlier logits
+    other = keras.ops.convert_to_numpy(model(changed))
+    np.testing.assert_array_equal(other[:, :7], logits[:, :7])
+    assert not np.allclose(other[:, 7:], logits[:, 7:])
+
+
+def test_char_transformer_kernels_are_sparsified_by_path(tmp_path):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rigl.DenseKernelsWarning)
+        sparse = rigl.sparsify(_char_transformer(), 0.8, "erk")
+    assert isinstance(sparse, rigl.SparseModel)
+    names = [w.name for w in rigl.masked_weights(sparse)]
+    per_block = ["attention/query/kernel", "attention/key/kernel", "attention/value/kernel",
+                 "attention/attention_output/kernel", "ffn_in/kernel", "ffn_out/kernel"]
+    assert sorted(names) == sorted([f"block{i}_{k}" for i in (1, 2) for k in per_block]
+                                   + ["logits/kernel"])
+    total = sum(int(np.prod(w.mask.shape)) for w in rigl.masked_weights(sparse))
+    nonzero = sum(int(np.count_nonzero(w.mask.numpy())) for w in rigl.masked_weights(sparse))
+    assert nonzero == pytest.approx(0.2 * total, abs=len(names))
+    sparse.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    tokens = np.arange(24, dtype=np.int32).reshape(2, 12)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(tokens)),
+                               keras.ops.convert_to_numpy(sparse(tokens)), atol=1e-5)
+
+
+def test_char_transformer_rejects_bad_options():
+    with pytest.raises(ValueError, match="model.num_heads"):
+        _char_transformer(num_heads=0)
+    with pytest.raises(ValueError, match="model.num_layers"):
+        _char_transformer(num_layers=0)
+
+
 @pytest.mark.parametrize("name", NEW_MODELS)
 def test_width_multiplier_reduces_parameters(name):
     shape, classes = IMAGE_MODELS[name]

@@ -10,6 +10,8 @@ DepthwiseConv2D with a stable name, so per-layer sparsity maps (``custom_sparsit
   truly sparse MLPs.
 * ``small_cnn``: a small VGG-style CIFAR network.
 * ``char_gru``: character-level GRU language model (per-position logits).
+* ``char_transformer``: a small causal transformer language model (per-position logits;
+  attention projections are ``EinsumDense``, masked by path).
 * ``resnet50``: ResNet-50 v1.5, the paper's ImageNet model (25.6M parameters, 8.2 GFLOPs).
 * ``mobilenet_v1``, ``mobilenet_v2``: the paper's ImageNet MobileNets (4.2M / 3.5M).
 * ``wrn_22_2``: WideResNet-22-2, the paper's CIFAR-10 model (1.1M); ``wide_resnet`` for
@@ -127,6 +129,67 @@ def char_gru(input_shape, num_classes, width=1.0, weight_decay=0.0):
                            kernel_regularizer=reg)(x)
     outputs = keras.layers.Dense(num_classes, name="logits", kernel_regularizer=reg)(x)
     return keras.Model(inputs, outputs, name="char_gru")
+
+
+@keras.saving.register_keras_serializable(package="rigl")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding of each position (0, 1, ... along axis 1) to its input."""
+
+    def __init__(self, max_length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            shape=(self.max_length, input_shape[-1]), name="embeddings",
+            initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+    def call(self, inputs):
+        length = keras.ops.shape(inputs)[1]
+        return inputs + keras.ops.expand_dims(self.embeddings[:length], 0)
+
+    def get_config(self):
+        return {**super().get_config(), "max_length": self.max_length}
+
+
+def char_transformer(input_shape, num_classes, width=1.0, weight_decay=0.0, num_layers=2,
+                     hidden_dim=128, num_heads=4, intermediate_dim=512, dropout=0.0):
+    """Character-level decoder-only transformer language model (pre-norm, GPT-style):
+    bytes -> embedding ``hidden_dim`` + learned positions -> ``num_layers`` blocks of causal
+    ``MultiHeadAttention`` and a GELU feed-forward layer of ``intermediate_dim`` -> layer norm
+    -> 256-way output at every position. ``width`` multiplies ``hidden_dim`` and
+    ``intermediate_dim`` (``hidden_dim`` stays a multiple of ``num_heads``).
+
+    Its attention projections are ``EinsumDense`` layers inside ``MultiHeadAttention``, so
+    ``rigl.sparsify`` masks it through a ``rigl.SparseModel`` (kernels by path). Layer names:
+    ``embedding``, ``positions``, ``block<i>_attention`` (kernels ``.../query/kernel``,
+    ``key``, ``value``, ``attention_output``), ``block<i>_ffn_in``, ``block<i>_ffn_out``,
+    ``block<i>_norm1``/``norm2``, ``final_norm``, ``logits``.
+    """
+    if not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"model.num_layers: expected a positive integer, got {num_layers!r}.")
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"model.num_heads: expected a positive integer, got {num_heads!r}.")
+    hidden = max(num_heads, _width(hidden_dim, width) // num_heads * num_heads)
+    inner = _width(intermediate_dim, width)
+    reg = _l2(weight_decay)
+    inputs = keras.Input(input_shape, dtype="int32", name="bytes")
+    x = keras.layers.Embedding(num_classes, hidden, name="embedding")(inputs)
+    x = PositionEmbedding(input_shape[0], name="positions")(x)
+    for i in range(1, num_layers + 1):
+        y = keras.layers.LayerNormalization(epsilon=1e-5, name=f"block{i}_norm1")(x)
+        y = keras.layers.MultiHeadAttention(
+            num_heads, hidden // num_heads, dropout=dropout, kernel_regularizer=reg,
+            name=f"block{i}_attention")(y, y, use_causal_mask=True)
+        x = x + keras.layers.Dropout(dropout)(y) if dropout else x + y
+        y = keras.layers.LayerNormalization(epsilon=1e-5, name=f"block{i}_norm2")(x)
+        y = keras.layers.Dense(inner, activation="gelu", kernel_regularizer=reg,
+                               name=f"block{i}_ffn_in")(y)
+        y = keras.layers.Dense(hidden, kernel_regularizer=reg, name=f"block{i}_ffn_out")(y)
+        x = x + keras.layers.Dropout(dropout)(y) if dropout else x + y
+    x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name="char_transformer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +505,7 @@ MODELS = {
     "lenet5": lenet5,
     "small_cnn": small_cnn,
     "char_gru": char_gru,
+    "char_transformer": char_transformer,
     "resnet50": resnet50,
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,

@@ -150,7 +150,8 @@ def _run(config: TrainConfig) -> dict:
         mark_session_start(os.path.join(out_dir, "logs", "masks"), start_step)
         report = reporting.RunReport(
             config, out_dir, experiment.model, experiment.optimizer, start_step=start_step,
-            total_steps=experiment.total_steps, examples_per_step=experiment.examples_per_step)
+            total_steps=experiment.total_steps, examples_per_step=experiment.examples_per_step,
+            task=experiment.data.task)
         evaluate = make_evaluator(experiment)
         try:
             steps = train_loop(experiment, checkpoint, report, evaluate, start_step)
@@ -327,14 +328,13 @@ def scale_for_density(net) -> None:
     ``1/sqrt(density)`` (``training.sparse_init``): a variance-scaling initializer's
     variance for the fan-in a unit keeps, ``density · fan_in`` (and fan-out), rather than the
     dense fans. O(nnz) for ``rigl.SparseDense``; the same on masked storage."""
-    for layer in rigl.masking.walk_layers(net):
-        if isinstance(layer, rigl.SparseDense):
-            density = layer.active_count() / math.prod(layer.kernel_shape)
-            layer.values.assign(layer.values * (1.0 / math.sqrt(density)))
-        elif rigl.layers.is_masked(layer):
-            for weight in layer.masked_weights():
-                density = float(np.mean(keras.ops.convert_to_numpy(weight.mask) != 0))
-                weight.masked_kernel.assign(weight.masked_kernel * (1.0 / math.sqrt(density)))
+    for weight in rigl.masking.sparse_weights(net):  # masked twins, SparseModel, SparseDense
+        if isinstance(weight, rigl.SparseDense):
+            density = weight.active_count() / math.prod(weight.kernel_shape)
+            weight.values.assign(weight.values * (1.0 / math.sqrt(density)))
+        else:
+            density = float(np.mean(keras.ops.convert_to_numpy(weight.mask) != 0))
+            weight.masked_kernel.assign(weight.masked_kernel * (1.0 / math.sqrt(density)))
 
 
 def build_sparse_network(config: TrainConfig, input_shape, num_classes: int,
