@@ -20,6 +20,7 @@ import numpy as np
 
 from rigl.layers import MaskedDense, is_masked
 from rigl.masking import walk_layers
+from rigl.path_masks import refuse_wrapped
 from rigl.sparse_layers import SparseDense
 
 # Dense config keys SparseDense takes as they are.
@@ -48,6 +49,7 @@ def _masked_config(layer: SparseDense) -> dict:
 def _check_model(model) -> None:
     if not isinstance(model, keras.Model):
         raise ValueError(f"model: expected a keras.Model, got {type(model).__name__}.")
+    refuse_wrapped(model, "rigl.to_sparse")
     if not (isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
         raise ValueError(
             f"model: only Sequential and functional Keras models can be converted, got a "

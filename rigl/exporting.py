@@ -49,6 +49,7 @@ import tensorflow as tf
 from rigl.inference_layers import REPRESENTATIONS, SLICE_TOLERANCE, InferenceSparse
 from rigl.layers import PLAIN_TWINS, MaskedConv2D, MaskedDense, is_masked
 from rigl.masking import _copy_weights, walk_layers
+from rigl.path_masks import refuse_wrapped
 from rigl.sparse_layers import SparseDense
 
 FORMATS = ("saved_model", "tflite", "auto")
@@ -277,6 +278,7 @@ def inference_model(model, representation="auto", batch_size: int = 1, rounds: i
     Returns ``(model, records)``: the copy (Keras layers only, ``InferenceSparse`` for sparse
     kernels) and one metadata record per sparse layer (see ``export``).
     """
+    refuse_wrapped(model, "rigl.export")
     if not (isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
         raise ValueError(f"model: only Sequential and functional Keras models can be "
                          f"exported, got a subclassed model ({type(model).__name__}).")

@@ -9,7 +9,8 @@ sets the masking constraint (``rigl.layers.MaskConstraint``) on the kernel varia
 The optimizer applies a variable's constraint after every step, so masked weights stay
 exactly zero, and the forward pass uses the kernel as it is: the kernel's gradient is the
 dense gradient RigL grows by, as with the masked twins. Per step this is the same work as a
-masked twin (the same select after each optimizer step), measured in ``docs/design.md``.
+masked twin (the same select after each optimizer step), as measured by
+``scripts/bench_masks.py`` (``docs/any_model.md``).
 
 Saving: the wrapper is a registered Keras object. ``model.save`` stores the wrapped model's
 config and weights as they are and the masks as the wrapper's own weights; its config lists
@@ -128,6 +129,17 @@ class SparseModel(keras.Model):
     def quantize(self, *args, **kwargs):
         raise NotImplementedError("SparseModel does not support quantization; call "
                                   "rigl.strip(model) first.")
+
+
+def refuse_wrapped(model, action: str) -> None:
+    """Raises a clear error if ``model`` is a ``SparseModel``, which ``action`` (``to_sparse``,
+    ``export``) does not take yet: the path points the user at ``rigl.strip``."""
+    if isinstance(model, SparseModel):
+        raise ValueError(
+            f"model: {action} does not take a rigl.SparseModel (masks held by kernel path) "
+            "yet, only models whose masks are masked layers (Sequential/functional models of "
+            "Dense/Conv2D/DepthwiseConv2D/GRU layers); rigl.strip(model) gives the plain "
+            "model with its zeros in place.")
 
 
 def kernel_specs(model, kernels: list[Kernel]) -> list[dict]:

@@ -329,6 +329,15 @@ def test_summary_lists_sparse_and_dense_kernels():
     assert "custom/w" in printed[0] and "dense" in printed[0]
 
 
+def test_to_sparse_and_export_refuse_a_wrapped_model_naming_strip(tmp_path):
+    sparse = rigl.sparsify(light_model(), 0.5)
+    for action, call in (("rigl.to_sparse", rigl.to_sparse),
+                         ("rigl.export", lambda m: rigl.export(m, str(tmp_path / "out")))):
+        with pytest.raises(ValueError, match=rf"model: {action} does not take a "
+                                             r"rigl.SparseModel.*rigl.strip"):
+            call(sparse)
+
+
 def test_keras_hub_gpt2_backbone(tmp_path):
     import keras_hub  # a test requirement (requirements-test.txt)
 
