@@ -169,17 +169,13 @@ def total_sparsity(model) -> float:
 
 
 def _check_graph_model(model, param: str = "model") -> None:
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"{param}: expected a keras.Model, got {type(model).__name__}.")
-    if not (isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
+    if isinstance(model, keras.Model) and not (
+            isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
         raise ValueError(
             f"{param}: only Sequential and functional Keras models can be rewritten, got a "
             f"subclassed model ({type(model).__name__}); build it with keras.Input instead."
         )
-    if not model.built:
-        raise ValueError(
-            f"{param}: the model is not built; give it an input shape (keras.Input) first."
-        )
+    _check_built(model, param)
 
 
 def _copy_weights(source, target) -> None:
