@@ -434,10 +434,17 @@ def _counted_kernels(model) -> list[_Counted]:
                 kernel.owners[-2], keras.layers.RNN):
             called = kernel.owners[-2]
         counted.append(_Counted(kernel, layer, called))
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    order = {}  # layers in all_kernels' order, to put SparseDense layers in their place
+
+    def visit(layer):
+        order.setdefault(id(layer), len(order))
         if isinstance(layer, SparseDense) and layer.built:
             counted.append(_Counted(None, layer, layer))
-    return counted
+        for sublayer in layer._flatten_layers(include_self=False, recursive=False):
+            visit(sublayer)
+
+    visit(model)
+    return sorted(counted, key=lambda item: order[id(item.layer)])
 
 
 def _graph_layers(model, counted: list[_Counted]) -> list | None:
@@ -571,11 +578,11 @@ def _traced_spec(item: _Counted, name: str, calls, rules: Conventions) -> LayerS
         steps = (lambda d, _: d[0]) if item.called is not layer else (lambda d, _: 1)
         return LayerSpec(name, _CELLS[next(c for c in _CELLS if isinstance(layer, c))], shape,
                          shape[0], outputs(lambda d, o: steps(d, o) * shape[1]), shape[1])
-    kind = next(c for c in _COUNTED_KINDS if isinstance(layer, c)).__name__
     if isinstance(layer, SparseDense | keras.layers.Dense) and not isinstance(
             layer, keras.layers.EinsumDense):
         return LayerSpec(name, "Dense", shape, shape[0],
                          outputs(lambda d, _: math.prod(d[:-1]) * shape[1]), shape[1])
+    kind = next(c for c in _COUNTED_KINDS if isinstance(layer, c)).__name__
     if isinstance(layer, keras.layers.EinsumDense):
         fan_in = kernels.einsum_fans(layer.equation, shape)[0]
         return LayerSpec(name, kind, shape, fan_in, outputs(lambda _, o: math.prod(o)),

@@ -279,3 +279,18 @@ def test_a_token_model_counts_without_its_embeddings():
     sparse = sparsify_quietly(model, 0.5, embeddings=True)
     assert "emb/embeddings" in rigl.masking.active_counts(sparse)
     assert [r.name for r in flops.layer_table(sparse)] == list(rows_of(model))
+
+
+def test_a_sparse_dense_layer_in_a_traced_model_counts_its_active_connections():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 12))
+    x = rigl.SparseDense(16, sparsity=0.75, name="h")(inputs)
+    model = keras.Model(inputs, keras.layers.LSTM(3, name="lstm")(x))
+    table = {r.name: r for r in flops.layer_table(model)}
+    assert list(table) == ["h", "lstm/lstm_cell/kernel", "lstm/lstm_cell/recurrent_kernel"]
+    active = model.get_layer("h").active_count()
+    # (12, 16) at 5 steps: N_out = 80, L = 12·active/192, dense (24 + 1)·80 = 2000.
+    row = table["h"]
+    assert (row.layer_type, row.fan_in, row.outputs, row.nonzeros) == ("Dense", 12, 80, active)
+    assert row.dense_flops == 2000
+    assert row.flops == pytest.approx((2 * 12 * active / 192 + 1) * 80)
