@@ -43,11 +43,44 @@ Two countings (``counting=`` of every function here; ``COUNTINGS``)
     both. ``scripts/flops_table.py --paper`` compares every published figure with ours.
 
 What is counted
-    Only the maskable layers: ``Conv2D``, ``DepthwiseConv2D``, ``Dense`` (plain Keras, rigl's
-    masked twins, or ``rigl.SparseDense``: a Dense of its ``kernel_shape``) and ``GRU``. Batch
-    norm, pooling, residual additions, padding, softmax and the loss are not. Every counted
-    kernel is a *row*, keyed like masks and sparsity maps: the layer name, or
-    ``"<gru>/kernel"`` and ``"<gru>/recurrent_kernel"`` for the two kernels of a GRU.
+    Every kernel of the layers whose cost is a product by a weight matrix: ``Dense``,
+    ``EinsumDense`` (so every ``MultiHeadAttention`` and KerasHub transformer projection),
+    ``Conv1D/2D/3D``, ``Conv1D/2D/3DTranspose``, ``DepthwiseConv1D/2D``,
+    ``SeparableConv1D/2D`` (both kernels), ``GRU``, ``LSTM`` and ``SimpleRNN`` (input and
+    recurrent kernels), rigl's masked twins and ``rigl.SparseDense`` (a Dense of its
+    ``kernel_shape``), wherever they sit: in a Sequential, functional or subclassed model,
+    nested inside custom layers, or in a ``rigl.SparseModel``. Not counted, having no kernel
+    or no product by one: batch norm and layer norm, pooling, residual additions, padding,
+    softmax, the loss, embedding lookups (an ``Embedding`` table is not a row, even when
+    sparsified with ``embeddings=True``; nor is any other custom layer's own weight), the
+    attention's score and context products (``QKᵀ`` and the weighted sum of values: they
+    multiply activations by activations) and the RNN gates' element-wise products.
+
+    Every counted kernel is a *row*, keyed like masks and sparsity maps
+    (``masking.active_counts``): for the models ``rigl.sparsify`` turns into masked twins
+    (Sequential/functional models whose counted kernels all belong to their own ``Dense``,
+    ``Conv2D``, ``DepthwiseConv2D`` and ``GRU`` layers) the layer name, or ``"<gru>/kernel"``
+    and ``"<gru>/recurrent_kernel"`` for the two kernels of a GRU; for every other model the
+    kernel's variable path as ``rigl.sparsify`` names its mask
+    (``"transformer_layer_0/self_attention/query/kernel"``, ``"lstm/lstm_cell/kernel"``; a
+    ``rigl.SparseModel``'s rows take its masks' names).
+
+Reading the model
+    *Graph counting* (the models keyed by layer, each counted layer called once): each
+    layer's input shape is read from its inbound node, the model's input shape known; this
+    is the only counting that sees a ``ZeroPadding2D`` before a convolution (above).
+    *Traced counting* (every other model, a shared layer, or ``inputs=`` given): the model
+    is run once, eagerly, on a batch of one example while each counted layer's calls are
+    recorded (its ``call`` wrapped on the instance and restored after), and each row's
+    ``N_out`` comes from the shapes of those calls. The example is the first of ``inputs=``
+    (an array, or a dict/list of arrays as the model takes them) if given, else ones of the
+    model's declared input shapes and dtypes (integer ids get integer ones; a
+    ``rigl.SparseModel`` reads the model it wraps); a subclassed model, or inputs of unknown
+    size (a KerasHub backbone's ``(None, None)`` token ids), need ``inputs=``, else a
+    ``ValueError`` names it. A layer called several times (shared) counts every call: its
+    row's ``N_out`` is the sum over the calls; a layer never called counts 0 FLOPs (its
+    weights still count in the size). Convolutions are counted from their input as given
+    (a ``ZeroPadding2D`` before one is not undone), the same in both countings.
 
 FLOPs of a row (one example, forward pass)
     With ``N_out`` outputs and ``L = fan_in · (1 - s)`` nonzero inputs per output (``s`` the
@@ -74,7 +107,25 @@ FLOPs of a row (one example, forward pass)
       (a Dense applied at every time step counts every step).
     * ``GRU`` with ``U`` units over ``T`` time steps: two dense rows per time step, the input
       kernel ``(in, 3U)`` and the recurrent kernel ``(U, 3U)``, each with ``N_out = T·3U``. The
-      gates' element-wise products are not counted.
+      gates' element-wise products are not counted. ``LSTM`` likewise with ``4U`` (kernels
+      ``(in, 4U)``, ``(U, 4U)``), ``SimpleRNN`` with ``U``; a cell called outside an RNN
+      layer counts one time step a call.
+    * ``EinsumDense``: ``fan_in`` = the product of the kernel dims the equation contracts
+      (``rigl.kernels.einsum_fans``), ``N_out`` = the elements of one example's output,
+      ``channels`` = the kernel's other dims (``size / fan_in``). A query projection
+      ``(d_model, heads, head_dim)`` over ``T`` tokens: ``fan_in = d_model``,
+      ``N_out = T·heads·head_dim``, the ``Dense`` it replaces.
+    * ``Conv1D``, ``Conv3D``: as ``Conv2D`` (``fan_in`` every kernel dim but the last;
+      'same' output sizes ``ceil(size/stride)``). ``DepthwiseConv1D`` as ``DepthwiseConv2D``.
+    * ``Conv1D/2D/3DTranspose`` (kernel ``(k..., c_out, c_in)``): every input position
+      multiplies the whole kernel, so ``fan_in = c_in`` and
+      ``N_out = (input positions)·prod(k)·c_out``: the multiplications are
+      ``nonzeros × input positions``, and the bias/activation term is counted once per
+      ``(position, tap, channel)`` product, as the row formula has it (the outputs overlap).
+    * ``SeparableConv1D/2D``: two rows, the depthwise kernel ``(k..., c_in, m)`` per channel
+      (as ``"exact"`` counts ``DepthwiseConv2D``, in both countings: the reference had no
+      separable layer) and the pointwise kernel ``(1..., c_in·m, c_out)``, a 1×1 convolution
+      over the same ``ceil(size/stride)`` output positions.
 
     The sparsity of a row comes from its real mask (masked layers: ``L`` uses the mask's exact
     nonzero count; a ``SparseDense`` its active count, the same figure, read in O(nnz)), or
@@ -86,8 +137,9 @@ FLOPs of a row (one example, forward pass)
 Size
     32 bits per nonzero weight, 1 more bit per weight of a sparse row (its bit mask; a dense row
     has none), and 32 bits per output channel of every row (the bias or, for batch-normed
-    layers, the per-channel affine term; a GRU row counts ``3U``). ``MB = bits / 8e6``. This
-    convention gives the reference README's 102.122 MB for the dense ResNet-50 exactly.
+    layers, the per-channel affine term; a GRU row counts ``3U``, an LSTM row ``4U``; an
+    ``EinsumDense`` row ``size / fan_in``). ``MB = bits / 8e6``. This convention gives the
+    reference README's 102.122 MB for the dense ResNet-50 exactly.
 
 Training FLOPs (Appendix H)
     The backward pass costs twice the forward pass. Per example and step, with dense forward
@@ -114,7 +166,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
-from rigl import distributions, masking, methods
+from rigl import distributions, kernels, masking, methods
+from rigl.layers import kernel_variables
+from rigl.path_masks import SparseModel
 from rigl.schedules import polynomial_sparsity
 from rigl.sparse_layers import SparseDense
 
@@ -175,8 +229,11 @@ class LayerSpec:
     it: see the module docstring).
 
     Attributes:
-        name: row key: the layer name, or ``"<gru>/kernel"`` / ``"<gru>/recurrent_kernel"``.
-        layer_type: ``"Conv2D"``, ``"DepthwiseConv2D"``, ``"Dense"`` or ``"GRU"``.
+        name: row key: the layer name, or ``"<gru>/kernel"`` / ``"<gru>/recurrent_kernel"``;
+            for a model counted by path the kernel's (mask's) name (module docstring).
+        layer_type: ``"Conv2D"``, ``"DepthwiseConv2D"``, ``"Dense"``, ``"GRU"``, or the
+            Keras class of the other counted layers (``"EinsumDense"``, ``"Conv1D"``,
+            ``"Conv2DTranspose"``, ``"SeparableConv2D"``..., ``"LSTM"``, ``"SimpleRNN"``).
         kernel_shape: shape of the kernel (and of its mask).
         fan_in: inputs of one output when dense.
         outputs: ``N_out``, outputs per example.
@@ -254,7 +311,8 @@ def _known_dims(layer, shape) -> tuple[int, ...]:
     if any(d is None for d in dims):
         raise ValueError(
             f"model: layer {layer.name!r} has input shape {tuple(shape)} with unknown dims; "
-            "build the model with a fixed input shape (batch dim aside) to count FLOPs."
+            "build the model with a fixed input shape (batch dim aside), or pass an example "
+            "batch as inputs=, to count FLOPs."
         )
     return tuple(int(d) for d in dims)
 
@@ -318,34 +376,293 @@ def _check_model(model) -> None:
         raise ValueError("model: the model is not built; give it an input shape (keras.Input).")
 
 
-def layer_specs(model, counting: str = "paper") -> list[LayerSpec]:
-    """The counted kernels of ``model`` in model order (nested models included).
+# ---------------------------------------------------------------------------------------------
+# Models of any structure: kernels by path, geometry from one traced call.
 
-    ``counting`` (``COUNTINGS``) sets the geometry of padded and depthwise convolutions
-    (``fan_in``, ``outputs``, ``channels``); names and kernel shapes are the same in both.
+_TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+              keras.layers.Conv3DTranspose)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_CELLS = {keras.layers.GRUCell: "GRU", keras.layers.LSTMCell: "LSTM",
+          keras.layers.SimpleRNNCell: "SimpleRNN"}
+_COUNTED_KINDS = (keras.layers.EinsumDense, keras.layers.Dense, *_TRANSPOSE, *_DEPTHWISE,
+                  *_SEPARABLE, *_CONV, *_CELLS)
+_KERNEL_NAMES = {"kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel"}
+# Layers the graph counting (``_layer_specs``) reads from their inbound node.
+_GRAPH_KINDS = (keras.layers.Dense, SparseDense, keras.layers.Conv2D,
+                keras.layers.DepthwiseConv2D, keras.layers.GRU)
 
-    Raises:
-        ValueError: naming ``model``, if it is not a built Keras model, has no counted layer,
-            a counted layer is shared or has unknown input dims; naming ``counting`` for an
-            unknown counting.
+
+@dataclasses.dataclass(frozen=True)
+class _Counted:
+    """One counted kernel of a traced model.
+
+    ``layer`` owns the kernel (a cell for an RNN); ``called`` is the layer whose calls are
+    traced (the RNN layer around a cell, which calls its cell once a time step); ``kernel``
+    is None for a ``SparseDense`` (its kernel is not a variable).
     """
-    rules = conventions(counting)
+
+    kernel: kernels.Kernel | None
+    layer: object
+    called: object
+
+    @property
+    def variable_name(self) -> str:
+        return "kernel" if self.kernel is None else self.kernel.variable.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.layer.kernel_shape) if self.kernel is None else self.kernel.shape
+
+    def labels(self) -> set[str]:
+        """Names of the layers holding the kernel (``dense_layers`` may name any of them)."""
+        owners = (self.layer,) if self.kernel is None else self.kernel.owners or (self.layer,)
+        return {text for layer in owners
+                for text in (layer.name, getattr(layer, "path", layer.name))}
+
+
+def _counted_kernels(model) -> list[_Counted]:
+    """Every kernel of ``model`` of a counted kind, nested and custom layers included."""
+    counted = []
+    for kernel in kernels.all_kernels(model):
+        layer = kernel.layer
+        if not isinstance(layer, _COUNTED_KINDS) or kernel.variable.name not in _KERNEL_NAMES:
+            continue
+        called = layer
+        if isinstance(layer, tuple(_CELLS)) and len(kernel.owners) > 1 and isinstance(
+                kernel.owners[-2], keras.layers.RNN):
+            called = kernel.owners[-2]
+        counted.append(_Counted(kernel, layer, called))
+    order = {}  # layers in all_kernels' order, to put SparseDense layers in their place
+
+    def visit(layer):
+        order.setdefault(id(layer), len(order))
+        if isinstance(layer, SparseDense) and layer.built:
+            counted.append(_Counted(None, layer, layer))
+        for sublayer in layer._flatten_layers(include_self=False, recursive=False):
+            visit(sublayer)
+
+    visit(model)
+    return sorted(counted, key=lambda item: order[id(item.layer)])
+
+
+def _graph_layers(model, counted: list[_Counted]) -> list | None:
+    """The layers of the graph counting if ``model`` is one it reads, else None.
+
+    That is: a Sequential/functional model (nested ones included; no ``rigl.SparseModel``)
+    whose counted kernels all belong to its own ``Dense``, ``SparseDense``, ``Conv2D``,
+    ``DepthwiseConv2D`` and ``GRU`` layers: the models ``rigl.sparsify`` turns into masked
+    twins, whose rows are named by layer as the twins' masks are.
+    """
+    if not (isinstance(model, keras.Sequential) or hasattr(model, "_nodes_by_depth")):
+        return None
+    walked = masking.walk_layers(model)
+    if any(isinstance(layer, SparseModel) for layer in walked):
+        return None
+    own = {id(layer) for layer in walked if isinstance(layer, _GRAPH_KINDS)}
+    if any(id(item.called) not in own for item in counted):
+        return None
+    return [layer for layer in walked if id(layer) in own]
+
+
+def _row_names(model, counted: list[_Counted], graph_layers: list | None) -> list[str]:
+    """Row names: the mask's name for a masked or sparse kernel (``masking.active_counts``'s
+    keys), else the graph counting's name (layer, ``"<gru>/kernel"``) for the models it reads,
+    else the kernel's path."""
+    names = {}
+    for layer in graph_layers or ():
+        if isinstance(layer, SparseDense):
+            names[id(layer)] = layer.name
+        else:
+            names.update({id(v): name for name, v in kernel_variables(layer).items()})
+    for weight in masking.sparse_weights(model):
+        key = weight if isinstance(weight, SparseDense) else weight.masked_kernel
+        names[id(key)] = weight.name
+    return [names.get(id(item.layer), item.layer.name) if item.kernel is None
+            else names.get(id(item.kernel.variable), item.kernel.path) for item in counted]
+
+
+def _dims(value) -> tuple[int, ...]:
+    """The shape without the batch dim of the first tensor of ``value``."""
+    tensor = keras.tree.flatten(value)[0]
+    return tuple(int(d) for d in tuple(tensor.shape)[1:])
+
+
+def _declared_inputs(model):
+    """The input structure (KerasTensors) a Sequential/functional model was built with."""
+    while isinstance(model, SparseModel):
+        model = model.model
+    if isinstance(model, keras.Sequential):
+        model = getattr(model, "_functional", None)
+    return getattr(model, "_inputs_struct", None)
+
+
+def _example_inputs(model, inputs):
+    """A batch of one example: the first of ``inputs``, else ones of the model's declared
+    input shapes and dtypes (integer ids get integer ones)."""
+    if inputs is not None:
+        def first(x):
+            array = keras.ops.convert_to_numpy(x)
+            if array.ndim < 1 or array.shape[0] < 1:
+                raise ValueError(f"inputs: expected arrays with a batch dim first, got shape "
+                                 f"{array.shape}.")
+            return array[:1]
+        return keras.tree.map_structure(first, inputs)
+    declared = _declared_inputs(model)
+    hint = ("pass an example batch as inputs= (an array, or a dict/list of arrays as the "
+            "model takes them, e.g. inputs={'token_ids': np.ones((1, 128), 'int32'), "
+            "'padding_mask': np.ones((1, 128), 'int32')}); only its shapes and dtypes are "
+            "used.")
+    if declared is None:
+        raise ValueError(f"inputs: the input shape of {type(model).__name__} {model.name!r} is "
+                         f"not known (not a model built with keras.Input); {hint}")
+    unknown = [tuple(x.shape) for x in keras.tree.flatten(declared)
+               if any(d is None for d in tuple(x.shape)[1:])]
+    if unknown:
+        raise ValueError(f"inputs: {type(model).__name__} {model.name!r} has inputs of unknown "
+                         f"size {unknown}; {hint}")
+    return keras.tree.map_structure(
+        lambda x: np.ones((1, *tuple(x.shape)[1:]), dtype=x.dtype), declared)
+
+
+def _trace(model, layers, inputs) -> dict[int, list[tuple[tuple, tuple]]]:
+    """Runs ``model`` once on a batch of one example, recording for each of ``layers`` the
+    shapes (without batch) of the first input and output of every call."""
+    example = _example_inputs(model, inputs)
+    records = {id(layer): [] for layer in layers}
+    hooked = []
+
+    def hook(layer, original):
+        def call(*args, **kwargs):
+            outputs = original(*args, **kwargs)
+            first = args[0] if args else next(iter(kwargs.values()))
+            records[id(layer)].append((_dims(first), _dims(outputs)))
+            return outputs
+        return call
+
+    try:
+        for layer in {id(layer): layer for layer in layers}.values():
+            own = layer.__dict__.get("call")
+            object.__setattr__(layer, "call", hook(layer, layer.call))
+            hooked.append((layer, own))
+        model(example)
+    finally:
+        for layer, own in reversed(hooked):
+            if own is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", own)
+    return records
+
+
+def _spatial(layer, dims: tuple[int, ...]) -> tuple[int, ...]:
+    return dims[1:] if getattr(layer, "data_format", None) == "channels_first" else dims[:-1]
+
+
+def _same_positions(layer, dims: tuple[int, ...]) -> int:
+    """Output positions of 'same' padding, whatever the layer's padding (the reference's)."""
+    return math.prod(math.ceil(size / stride)
+                     for size, stride in zip(_spatial(layer, dims), layer.strides))
+
+
+def _traced_spec(item: _Counted, name: str, calls, rules: Conventions) -> LayerSpec:
+    """The row of one traced kernel; ``N_out`` sums over the calls of its layer."""
+    layer, shape = item.layer, item.shape
+    size = math.prod(shape)
+
+    def outputs(per_call: Callable[[tuple, tuple], int]) -> int:
+        return sum(per_call(dims_in, dims_out) for dims_in, dims_out in calls)
+
+    if isinstance(layer, tuple(_CELLS)):  # (in or U, gates·U), one row per time step
+        steps = (lambda d, _: d[0]) if item.called is not layer else (lambda d, _: 1)
+        return LayerSpec(name, _CELLS[next(c for c in _CELLS if isinstance(layer, c))], shape,
+                         shape[0], outputs(lambda d, o: steps(d, o) * shape[1]), shape[1])
+    if isinstance(layer, SparseDense | keras.layers.Dense) and not isinstance(
+            layer, keras.layers.EinsumDense):
+        return LayerSpec(name, "Dense", shape, shape[0],
+                         outputs(lambda d, _: math.prod(d[:-1]) * shape[1]), shape[1])
+    kind = next(c for c in _COUNTED_KINDS if isinstance(layer, c)).__name__
+    if isinstance(layer, keras.layers.EinsumDense):
+        fan_in = kernels.einsum_fans(layer.equation, shape)[0]
+        return LayerSpec(name, kind, shape, fan_in, outputs(lambda _, o: math.prod(o)),
+                         size // fan_in)
+    if isinstance(layer, _TRANSPOSE):  # (k..., c_out, c_in): each input position
+        taps = math.prod(shape[:-2]) * shape[-2]
+        return LayerSpec(name, kind, shape, shape[-1],
+                         outputs(lambda d, _: math.prod(_spatial(layer, d)) * taps), shape[-2])
+    if isinstance(layer, _SEPARABLE) and item.variable_name == "pointwise_kernel":
+        return LayerSpec(name, kind, shape, shape[-2],
+                         outputs(lambda d, _: _same_positions(layer, d) * shape[-1]), shape[-1])
+    if isinstance(layer, _SEPARABLE) or (isinstance(layer, _DEPTHWISE)
+                                         and not rules.depthwise_as_conv):
+        # (k..., c_in, multiplier), per channel.
+        channels = shape[-2] * shape[-1]
+        return LayerSpec(name, kind, shape, math.prod(shape[:-2]),
+                         outputs(lambda d, _: _same_positions(layer, d) * channels), channels)
+    # Conv1D/2D/3D (k..., c_in / groups, c_out), and depthwise as get_stats counted it.
+    return LayerSpec(name, kind, shape, math.prod(shape[:-1]),
+                     outputs(lambda d, _: _same_positions(layer, d) * shape[-1]), shape[-1])
+
+
+def _traced_specs(model, counted: list[_Counted], names: list[str], rules: Conventions,
+                  inputs) -> list[LayerSpec]:
+    records = _trace(model, [item.called for item in counted], inputs)
+    return [_traced_spec(item, name, records[id(item.called)], rules)
+            for item, name in zip(counted, names)]
+
+
+def _reads_graph(layers: list, inputs) -> bool:
+    """Whether the graph counting applies: no example given and each layer called once."""
+    return inputs is None and all(len(getattr(layer, "_inbound_nodes", [])) == 1
+                                  for layer in layers)
+
+
+def _specs(model, rules: Conventions, inputs) -> tuple[list[LayerSpec], list[_Counted] | None]:
+    """The rows of ``model`` and, for a traced model, the counted kernels behind them."""
     _check_model(model)
-    specs = []
-    for layer in masking.walk_layers(model):
-        specs += _layer_specs(layer, rules, first=not specs)
+    counted = _counted_kernels(model)
+    graph = _graph_layers(model, counted)
+    if graph is not None and _reads_graph(graph, inputs):
+        specs = []
+        for layer in masking.walk_layers(model):
+            specs += _layer_specs(layer, rules, first=not specs)
+        items = None
+    else:
+        specs = _traced_specs(model, counted, _row_names(model, counted, graph), rules,
+                              inputs) if counted else []
+        items = counted
     if not specs:
-        raise ValueError("model: has no Conv2D, DepthwiseConv2D, Dense or GRU layer to count.")
+        raise ValueError("model: has no Dense, EinsumDense, convolution or GRU/LSTM/SimpleRNN "
+                         "kernel to count.")
     names = [spec.name for spec in specs]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"model: layer names {repeated} occur more than once.")
-    return specs
+    return specs, items
 
 
-def first_layer(model) -> str:
+def layer_specs(model, counting: str = "paper", *, inputs=None) -> list[LayerSpec]:
+    """The counted kernels of ``model`` in model order (nested models and layers included).
+
+    ``counting`` (``COUNTINGS``) sets the geometry of padded and depthwise convolutions
+    (``fan_in``, ``outputs``, ``channels``); names and kernel shapes are the same in both.
+    ``inputs``: an example batch (an array, or a dict/list of arrays as the model takes
+    them), for a model whose input shape is not known (subclassed, or built with unknown
+    dims); only the first example's shapes are read. See "Reading the model" in the module
+    docstring.
+
+    Raises:
+        ValueError: naming ``model``, if it is not a built Keras model or has no counted
+            kernel; naming ``inputs`` if the model must be traced and its input shape is not
+            known; naming ``counting`` for an unknown counting.
+    """
+    return _specs(model, conventions(counting), inputs)[0]
+
+
+def first_layer(model, *, inputs=None) -> str:
     """Row name of the first counted kernel of ``model`` (e.g. ResNet-50's ``conv1``)."""
-    return layer_specs(model)[0].name
+    return layer_specs(model, inputs=inputs)[0].name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,36 +680,51 @@ def sparsity_map(
     dense_layers: Iterable[str] = (),
     custom_sparsity: Mapping[str, float] | None = None,
     erk_power_scale: float = 1.0,
+    *,
+    inputs=None,
 ) -> dict[str, float]:
     """Row name -> sparsity for every counted kernel of ``model``.
 
     ``rigl.layer_sparsities`` over the kernel shapes of the counted rows not in
-    ``dense_layers`` (row names, or layer names: a GRU's keeps both kernels dense); those get
-    0, as ``rigl.sparsify`` with the same arguments leaves them unmasked. The paper keeps the
-    first layer dense for ``uniform`` (``dense_layers=[first_layer(model)]``) and masks all
-    layers for ``erk``. Meant for plain models: a masked model's rows take their masks.
+    ``dense_layers`` (row names, or layer names: a GRU's keeps both kernels dense; for a
+    model counted by path the name or path of any layer holding the kernel, as
+    ``rigl.sparsify`` reads them); those get 0, as ``rigl.sparsify`` with the same arguments
+    leaves them unmasked. ER/ERK read each kernel's fan-in and fan-out as ``rigl.sparsify``
+    does (``rigl.kernels``: an ``EinsumDense`` kernel as the matrix its equation contracts),
+    so the map is the sparsities ``rigl.sparsify`` gives for the same arguments. The paper
+    keeps the first layer dense for ``uniform`` (``dense_layers=[first_layer(model)]``) and
+    masks all layers for ``erk``. Meant for plain models: a masked model's rows take their
+    masks. ``inputs``: as ``layer_specs``.
 
     Raises:
         ValueError: naming the argument, for an unknown row name or an invalid sparsity,
             distribution or exponent.
     """
-    specs = layer_specs(model)
+    specs, counted = _specs(model, conventions("paper"), inputs)
     if isinstance(dense_layers, str):
         raise ValueError(f"dense_layers: expected a list of names, got the string "
                          f"{dense_layers!r}.")
     known = [spec.name for spec in specs]
+    if counted is None:  # a row name, or a layer name (a GRU's keeps both of its kernels)
+        labels = [{name, name.rsplit("/", 1)[0]} for name in known]
+    else:
+        labels = [{name} | item.labels() for name, item in zip(known, counted)]
     dense = set()
     for name in dense_layers:
-        # A row name, or a layer name (a GRU's name keeps both of its kernels dense).
-        rows = [row for row in known if name in (row, row.rsplit("/", 1)[0])]
+        rows = [row for row, names in zip(known, labels) if name in names]
         if not rows:
             raise ValueError(f"dense_layers: no counted layer named {name!r}; known: {known}.")
         dense.update(rows)
     shapes = {spec.name: spec.kernel_shape for spec in specs if spec.name not in dense}
     if not shapes:
         raise ValueError("dense_layers: names every counted layer; nothing is left to sparsify.")
+    density = {}
+    if counted is not None:
+        density = {spec.name: (item.shape if item.kernel is None
+                               else item.kernel.density_dims())
+                   for spec, item in zip(specs, counted) if spec.name in shapes}
     result = distributions.layer_sparsities(shapes, sparsity, distribution, custom_sparsity,
-                                            erk_power_scale)
+                                            erk_power_scale, density_dims=density)
     return {name: result.get(name, 0.0) for name in known}
 
 
@@ -423,6 +755,8 @@ def layer_table(
     dense: bool = False,
     param_bits: int = PARAM_BITS,
     counting: str = "paper",
+    *,
+    inputs=None,
 ) -> list[LayerFlops]:
     """Per-row FLOPs, sparsity, nonzeros and size of ``model``.
 
@@ -431,7 +765,7 @@ def layer_table(
     ``rigl.masking.active_counts``), ``sparsities`` (plain layers), else 0.
 
     Args:
-        model: a built Sequential or functional Keras model with a fixed input shape.
+        model: a built Keras model of any kind (see "Reading the model").
         sparsities: row name -> sparsity in [0, 1) for plain (not sparse) rows.
         masks: row name -> 0/1 array of the kernel's shape, overriding the model's masks
             (e.g. a snapshot saved during training).
@@ -439,12 +773,14 @@ def layer_table(
         param_bits: bits per stored value.
         counting: ``"paper"`` (as the reference counted) or ``"exact"``; see the module
             docstring.
+        inputs: an example batch for a model whose input shape is not known
+            (``layer_specs``).
 
     Raises:
         ValueError: naming the argument, for an unknown row name, a sparsity for a sparse row,
             a sparsity out of [0, 1), a mask of the wrong shape or an unknown counting.
     """
-    specs = layer_specs(model, counting)
+    specs = layer_specs(model, counting, inputs=inputs)
     known = [spec.name for spec in specs]
     sparsities = dict(sparsities or {})
     masks = dict(masks or {})
@@ -474,27 +810,32 @@ def layer_table(
     return rows
 
 
-def inference_flops(model, sparsities=None, masks=None, counting: str = "paper") -> float:
+def inference_flops(model, sparsities=None, masks=None, counting: str = "paper", *,
+                    inputs=None) -> float:
     """Forward FLOPs of one example (see ``layer_table`` for the arguments)."""
-    return sum(row.flops for row in layer_table(model, sparsities, masks, counting=counting))
+    return sum(row.flops for row in layer_table(model, sparsities, masks, counting=counting,
+                                                inputs=inputs))
 
 
-def dense_inference_flops(model, counting: str = "paper") -> float:
+def dense_inference_flops(model, counting: str = "paper", *, inputs=None) -> float:
     """Forward FLOPs of one example with every counted kernel dense (``counting``: see
     ``layer_table``; ResNet-50 at 224×224: 8.202e9 ``"paper"``, 8.189e9 ``"exact"``)."""
-    return sum(row.flops for row in layer_table(model, dense=True, counting=counting))
+    return sum(row.flops for row in layer_table(model, dense=True, counting=counting,
+                                                inputs=inputs))
 
 
 def model_size_mb(model, sparsities=None, masks=None, dense: bool = False,
-                  param_bits: int = PARAM_BITS, counting: str = "paper") -> float:
+                  param_bits: int = PARAM_BITS, counting: str = "paper", *,
+                  inputs=None) -> float:
     """Size in MB (bits / 8e6): weights, bit masks of sparse rows, per-channel terms (a
     depthwise layer has ``multiplier`` of them for ``"paper"``, ``c_in·multiplier`` for
     ``"exact"``)."""
-    return sum(row.bits for row in layer_table(model, sparsities, masks, dense,
-                                               param_bits, counting)) / 8e6
+    return sum(row.bits for row in layer_table(model, sparsities, masks, dense, param_bits,
+                                               counting, inputs=inputs)) / 8e6
 
 
-def num_params(model, sparsities=None, masks=None, dense: bool = False) -> int:
+def num_params(model, sparsities=None, masks=None, dense: bool = False, *,
+               inputs=None) -> int:
     """Stored values: nonzero weights plus one per output channel of every row.
 
     The parameter count used to size a small dense model like a sparse one (what
@@ -502,7 +843,8 @@ def num_params(model, sparsities=None, masks=None, dense: bool = False) -> int:
     for both countings (``"exact"``'s per-channel terms).
     """
     return sum(row.nonzeros + row.channels
-               for row in layer_table(model, sparsities, masks, dense, counting="exact"))
+               for row in layer_table(model, sparsities, masks, dense, counting="exact",
+                                      inputs=inputs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,6 +1049,8 @@ def average_inference_flops(
     model=None,
     durations: Sequence[float] | None = None,
     counting: str = "paper",
+    *,
+    inputs=None,
 ) -> float:
     """Inference FLOPs averaged over the masks a run actually used.
 
@@ -721,6 +1065,8 @@ def average_inference_flops(
         model: the model the mask snapshots belong to.
         durations: steps each snapshot was in use (weights); equal weights if omitted.
         counting: how mask snapshots are counted (``layer_table``).
+        inputs: an example batch for a model whose input shape is not known
+            (``layer_specs``).
 
     Raises:
         ValueError: naming the argument, for an empty list, a snapshot of the wrong kind,
@@ -736,7 +1082,8 @@ def average_inference_flops(
         if isinstance(snapshot, Mapping):
             if model is None:
                 raise ValueError("model: required when snapshots are masks.")
-            values.append(inference_flops(model, masks=snapshot, counting=counting))
+            values.append(inference_flops(model, masks=snapshot, counting=counting,
+                                          inputs=inputs))
         else:
             values.append(_check_flops(snapshot, f"snapshots[{i}]"))
     if durations is None:
