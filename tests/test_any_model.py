@@ -109,6 +109,28 @@ def test_wrapped_model_trains_keeping_counts_and_zeros(method):
     assert (changed == 0) == (method == "static")
 
 
+@pytest.mark.parametrize("method", ["granet", "prune"])
+def test_wrapped_model_prunes_from_dense_to_the_target(method):
+    sparse = sparsify_quietly(light_model(), 0.0)
+    sparse.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ds = data()  # 4 steps an epoch: pruning at steps 0, 2, 4, 6 reaches 80% at step 6
+    updater = rigl.get_updater(method, sparsity=0.8, update_freq=2, begin_step=0, end_step=6,
+                               ignore_unused=True)
+    sparse.fit(ds, epochs=2, verbose=0, callbacks=[
+        rigl.SparseTraining(updater, data=ds if updater.needs_gradients else None)])
+    sizes = {t.name: int(np.prod(t.mask.shape)) for t in rigl.masked_weights(sparse)}
+    kept = {n: int(m.sum()) for n, m in rigl.get_masks(sparse).items()}
+    if method == "granet":  # global magnitude pruning: the count is the model's
+        total = sum(sizes.values())
+        assert sum(kept.values()) == total - num_zeros(0.8, total)
+    else:  # per kernel
+        assert kept == {n: size - num_zeros(0.8, size) for n, size in sizes.items()}
+    for target in rigl.masked_weights(sparse):
+        mask = keras.ops.convert_to_numpy(target.mask)
+        assert not keras.ops.convert_to_numpy(target.masked_kernel)[~mask].any()
+
+
 def test_grown_weights_and_slots_are_zero_on_the_wrapped_model():
     sparse = sparsify_quietly(light_model(), 0.8)
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
