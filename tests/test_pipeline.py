@@ -278,6 +278,24 @@ def test_mlp_units_counts_units_that_keep_a_connection():
     assert rigl.masking.units_without_inputs(model) == {"fc1": 1}
 
 
+def test_mlp_units_reads_masks_held_by_path_and_skips_other_kernels():
+    from rigl import kernels, path_masks
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="fc1")(inputs)
+    plain = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden))
+    wrapped = path_masks.wrap(plain, kernels.select(plain)[0][:1], {"fc1/kernel": 0.0}, 0)
+    mask = np.zeros((4, 3), bool)
+    mask[0, 0] = mask[2, 0] = mask[2, 1] = True
+    wrapped.masked_weights()[0].mask.assign(mask)
+    assert reporting.mlp_units(wrapped) == [2, 2, 2]
+    tokens = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(10, 4)(tokens)
+    x = keras.layers.MultiHeadAttention(1, 4)(x, x)
+    # Dense layers in a chain of matching sizes, but attention and embeddings between them.
+    x = keras.layers.Dense(4)(keras.layers.Dense(6)(x))
+    assert reporting.mlp_units(keras.Model(tokens, x)) is None
+
+
 def test_units_without_inputs_of_convolutions_and_sparse_storage():
     conv = rigl.sparsify(keras.Sequential([
         keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, name="conv"),

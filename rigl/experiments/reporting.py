@@ -100,10 +100,11 @@ def has_sparse_layers(net) -> bool:
     return bool(rigl.sparse_weights(net))
 
 
-def _connected_units(layer) -> tuple[np.ndarray, np.ndarray] | None:
+def _connected_units(layer, path_masks: dict) -> tuple[np.ndarray, np.ndarray] | None:
     """For a Dense-like layer, which inputs have an outgoing connection and which outputs
     an incoming one (boolean vectors; O(nnz) for a truly sparse layer); None for a layer
-    without a kernel. Raises ``TypeError`` for a kernel that is not a Dense one."""
+    without a kernel. ``path_masks``: kernel variable id -> mask, for masks a
+    ``rigl.SparseModel`` holds. Raises ``TypeError`` for a kernel that is not a Dense one."""
     if isinstance(layer, rigl.SparseDense):
         return rigl.masking.connected_units(layer)
     kernel = getattr(layer, "kernel", None)
@@ -111,6 +112,9 @@ def _connected_units(layer) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if not isinstance(layer, keras.layers.Dense) or len(kernel.shape) != 2:
         raise TypeError(layer.name)
+    if id(kernel) in path_masks:
+        mask = keras.ops.convert_to_numpy(path_masks[id(kernel)]).astype(bool)
+        return mask.any(axis=1), mask.any(axis=0)
     if getattr(layer, "mask", None) is None:
         return np.ones(kernel.shape[0], bool), np.ones(kernel.shape[1], bool)
     return rigl.masking.connected_units(layer)
@@ -122,11 +126,17 @@ def mlp_units(net) -> list[int] | None:
     connection, the paper's "final architecture": [input features with an outgoing
     connection, hidden units with both an incoming and an outgoing connection, ..., output
     units with an incoming connection]. Masked layers count their mask, truly sparse ones
-    their active connections, dense ones every weight. None for any other model."""
+    their active connections, dense ones every weight. None for any other model (one with
+    a kernel of another kind: attention projections, embeddings, convolutions...)."""
+    if any(not isinstance(k.layer, keras.layers.Dense)
+           or isinstance(k.layer, keras.layers.EinsumDense)
+           for k in rigl.kernels.all_kernels(net)):
+        return None
+    path_masks = {id(w.masked_kernel): w.mask for w in rigl.masking.masked_weights(net)}
     layers = []  # per kernel: (inputs with a connection, outputs with a connection)
     for layer in rigl.masking.walk_layers(net):
         try:
-            connected = _connected_units(layer)
+            connected = _connected_units(layer, path_masks)
         except TypeError:
             return None
         if connected is not None:
