@@ -115,16 +115,39 @@ def einsum_fans(equation: str, shape: tuple[int, ...]) -> tuple[int, int]:
     the product of the kernel dims its input shares but its output does not, and of those
     only its output has (module docstring). ``...`` is allowed in the input and output only.
     """
+    roles = einsum_roles(equation, shape)
+    fan_in = math.prod(d for role, d in zip(roles, shape) if role == "in")
+    fan_out = math.prod(d for role, d in zip(roles, shape) if role == "out")
+    return fan_in, fan_out
+
+
+def einsum_roles(equation: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The role of each axis of an ``EinsumDense`` kernel of ``shape`` under ``equation``:
+    ``"in"`` (contracted: the input has it, the output not), ``"out"`` (only the output has
+    it), ``"shared"`` (both have it, e.g. a per-head axis) or ``"own"`` (neither)."""
     match = re.fullmatch(r"\s*([\w.]+)\s*,\s*(\w+)\s*->\s*([\w.]+)\s*", equation)
     if match is None or len(match.group(2)) != len(shape):
         raise ValueError(f"equation: cannot read EinsumDense equation {equation!r} for a "
                          f"kernel of shape {shape}.")
     inputs, kernel, outputs = match.groups()
-    fan_in = math.prod(d for axis, d in zip(kernel, shape)
-                       if axis in inputs and axis not in outputs)
-    fan_out = math.prod(d for axis, d in zip(kernel, shape)
-                        if axis in outputs and axis not in inputs)
-    return fan_in, fan_out
+    return tuple({(True, False): "in", (False, True): "out", (True, True): "shared",
+                  (False, False): "own"}[(axis in inputs, axis in outputs)] for axis in kernel)
+
+
+def matrix_layout(layer, shape) -> tuple[int, int]:
+    """``(rows, columns)`` of a kernel of ``shape`` owned by ``layer`` read as a matrix of
+    inputs × output units, ``kernel.reshape(rows, columns)``: for an ``EinsumDense`` whose
+    contracted axes lead and output axes follow, (contracted, output) axes (a query projection
+    ``(d_model, heads, head_dim)`` is ``(d_model, heads·head_dim)``); for any other kernel
+    every axis but the last, and the last (a Dense layer's neurons, a convolution's filters,
+    an RNN's gate units, an EinsumDense's last axis where its axes are in another order)."""
+    shape = tuple(int(d) for d in shape)
+    if isinstance(layer, keras.layers.EinsumDense):
+        roles = einsum_roles(layer.equation, shape)
+        leading = next((i for i, role in enumerate(roles) if role != "in"), len(roles))
+        if 0 < leading < len(roles) and all(role == "out" for role in roles[leading:]):
+            return math.prod(shape[:leading]), math.prod(shape[leading:])
+    return math.prod(shape[:-1]), shape[-1]
 
 
 def all_kernels(model) -> list[Kernel]:

@@ -88,22 +88,25 @@ def active_counts_of(weight) -> tuple[int, int]:
 
 
 def connected_units(weight) -> tuple[np.ndarray, np.ndarray]:
-    """For one sparse kernel (masked, or a ``SparseDense``) read as a matrix (every axis but
-    the last, the last), which rows have an active connection and which columns (output
-    units) have an active input: two boolean vectors; O(nnz) for a ``SparseDense``."""
+    """For one sparse kernel (masked, or a ``SparseDense``) read as a matrix of inputs ×
+    output units (``rigl.kernels.matrix_layout``: every axis but the last, and the last; an
+    EinsumDense's contracted and output axes), which rows have an active connection and
+    which columns (output units) have an active input: two boolean vectors; O(nnz) for a
+    ``SparseDense``."""
     if isinstance(weight, SparseDense):
         rows, cols, _ = weight.connections()
         n_in, n_out = weight.kernel_shape
         return np.bincount(rows, minlength=n_in) > 0, np.bincount(cols, minlength=n_out) > 0
     mask = keras.ops.convert_to_numpy(weight.mask) != 0
-    matrix = mask.reshape(-1, mask.shape[-1])
+    matrix = mask.reshape(kernels.matrix_layout(getattr(weight, "layer", None), mask.shape))
     return matrix.any(axis=1), matrix.any(axis=0)
 
 
 def units_without_inputs(model) -> dict[str, int]:
-    """Sparse-kernel name -> how many of its output units (the kernel's last axis: a Dense
-    layer's neurons, a convolution's filters, a GRU's gate units) have no active input left.
-    SRigL's ablated neurons are these; other methods can starve a unit too."""
+    """Sparse-kernel name -> how many of its output units (``connected_units``: a Dense
+    layer's neurons, a convolution's filters, a GRU's gate units, an EinsumDense's outputs
+    such as a query projection's heads × head dims) have no active input left. SRigL's
+    ablated neurons are these; other methods can starve a unit too."""
     counts = {}
     for weight in sparse_weights(model):
         fed = connected_units(weight)[1]

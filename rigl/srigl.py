@@ -47,9 +47,13 @@ live neurons comes from the budget B (the code uses the current count, which can
 lower).
 
 SRigL runs on masked Dense and Conv1D/2D/3D kernels (masked twins, or masked by path in a
-``rigl.SparseModel``; dense storage), whose last axis is the output neurons; a depthwise
-convolution, an EinsumDense or recurrent kernel, or a truly sparse layer
-(``rigl.SparseDense``) is refused at bind.
+``rigl.SparseModel``; dense storage), whose last axis is the output neurons, and on
+``EinsumDense`` kernels (``MultiHeadAttention``'s projections) whose contracted axes lead and
+output axes follow: a neuron is one output unit, all the output axes together (a query
+projection ``(d_model, heads, head_dim)`` has ``heads·head_dim`` neurons of ``d_model``
+inputs, as the Dense it replaces; ``neuron_layout``). A depthwise convolution, an
+EinsumDense with a per-head (shared) axis or its axes in another order, a recurrent kernel,
+or a truly sparse layer (``rigl.SparseDense``) is refused at bind.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rigl import distributions, selection
+from rigl import distributions, kernels, selection
 from rigl.schedules import _check_real
 from rigl.seeds import stable_seed
 from rigl.updaters import RigL, floor_count
@@ -90,10 +94,29 @@ def constant_fan_in(budget: int, fan_in: int, neurons: int, name: str = "layer")
     return k
 
 
-def neuron_counts(mask) -> np.ndarray:
-    """Active inputs of every output neuron of a kernel's mask (its last axis)."""
+def neuron_layout(layer, shape) -> tuple[int, int] | None:
+    """``(fan_in, neurons)`` of a kernel of ``shape`` owned by ``layer``, read as the matrix
+    ``kernel.reshape(fan_in, neurons)`` (``rigl.kernels.matrix_layout``); None for a layer
+    kind SRigL does not take, or an EinsumDense whose axes are not contracted ones then
+    output ones (a per-head axis)."""
+    shape = tuple(int(d) for d in shape)
+    if isinstance(layer, keras.layers.EinsumDense):
+        roles = kernels.einsum_roles(layer.equation, shape)
+        leading = roles.count("in")
+        if not 0 < leading < len(roles) or roles != ("in",) * leading + ("out",) * (
+                len(roles) - leading):
+            return None
+        return kernels.matrix_layout(layer, shape)
+    if isinstance(layer, SUPPORTED_LAYERS) and len(shape) in (2, 3, 4, 5):
+        return kernels.matrix_layout(layer, shape)
+    return None
+
+
+def neuron_counts(mask, neurons: int | None = None) -> np.ndarray:
+    """Active inputs of every output neuron of a kernel's mask: its last axis, or its last
+    axes holding ``neurons`` neurons (an EinsumDense kernel's output axes)."""
     mask = np.asarray(mask)
-    return np.count_nonzero(mask.reshape(-1, mask.shape[-1]), axis=0)
+    return np.count_nonzero(mask.reshape(-1, neurons or mask.shape[-1]), axis=0)
 
 
 class SRigL(RigL):
@@ -151,12 +174,13 @@ class SRigL(RigL):
     def _on_bind(self, targets):
         for target in targets:
             layer = getattr(getattr(target, "target", None), "layer", None)
-            if not isinstance(layer, SUPPORTED_LAYERS) or len(target.shape) not in (2, 3, 4, 5):
+            if neuron_layout(layer, target.shape) is None:
                 kind = type(layer).__name__ if layer is not None else type(target).__name__
                 raise ValueError(
                     f"model: sparse weight {target.name!r} belongs to a {kind}; SRigL "
-                    "(constant fan-in) supports Dense and Conv1D/2D/3D kernels only (their last "
-                    "axis is the output neurons). Keep that layer dense (dense_layers, "
+                    "(constant fan-in) supports Dense and Conv1D/2D/3D kernels (their last "
+                    "axis is the output neurons) and EinsumDense kernels whose contracted "
+                    "axes lead and output axes follow. Keep that layer dense (dense_layers, "
                     "exclude) or use another method.")
         if self.sparsity is not None:
             shapes = {target.name: target.shape for target in targets}
@@ -172,8 +196,7 @@ class SRigL(RigL):
         self._budgets = budgets
         self.layouts = {}
         for i, target in enumerate(targets):
-            neurons = target.shape[-1]
-            fan_in = int(np.prod(target.shape[:-1]))
+            fan_in, neurons = neuron_layout(target.target.layer, target.shape)
             k0 = constant_fan_in(budgets[target.name], fan_in, neurons, target.name)
             ablates = self.gamma_sal > 0 and i < len(targets) - 1
             threshold = max(1, math.floor(self.gamma_sal * k0 + 1e-9)) if ablates else 0
@@ -228,7 +251,8 @@ class SRigL(RigL):
         self._require_bound()
         out = {}
         for target in self._targets:
-            counts = neuron_counts(keras.ops.convert_to_numpy(target.target.mask))
+            counts = neuron_counts(keras.ops.convert_to_numpy(target.target.mask),
+                                   self.layouts[target.name][1])
             out[target.name] = (int(np.count_nonzero(counts)), int(counts.size))
         return out
 

@@ -433,20 +433,48 @@ def test_a_model_that_cannot_be_copied_is_wrapped_in_place_on_request():
         model.get_layer("conv").kernel, model.get_layer("head").kernel]
 
 
-def test_srigl_runs_on_dense_and_convolutions_masked_by_path_and_refuses_einsum():
-    sparse = sparsify_quietly(light_model(), 0.75, exclude=["proj"])
+def test_srigl_runs_on_dense_convolutions_and_einsum_masked_by_path():
+    sparse = sparsify_quietly(light_model(), 0.75)
     sparse.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     ds = data()
-    sparse.fit(ds, epochs=1, verbose=0, callbacks=[
-        rigl.SparseTraining(rigl.SRigL(update_freq=2, end_step=100), data=ds)])
+    updater = rigl.SRigL(update_freq=2, end_step=100, gamma_sal=0.0)
+    sparse.fit(ds, epochs=1, verbose=0, callbacks=[rigl.SparseTraining(updater, data=ds)])
+    # proj's kernel (d=12, heads=3, dim=4): a neuron is one (head, dim) output, 12 of them.
+    assert updater.layouts["proj/kernel"][:2] == (12, 12)
     for target in rigl.masked_weights(sparse):  # constant fan-in: equal counts per neuron
-        mask = keras.ops.convert_to_numpy(target.mask).reshape(-1, target.mask.shape[-1])
-        fan_in = mask.sum(axis=0)
-        assert len(set(fan_in[fan_in > 0])) == 1, target.name
-    with_einsum = sparsify_quietly(light_model(), 0.75)
-    with_einsum.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    with pytest.raises(ValueError, match="'proj/kernel' belongs to a EinsumDense; SRigL"):
-        rigl.SRigL(update_freq=2).bind(with_einsum)
+        mask = keras.ops.convert_to_numpy(target.mask)
+        fan_in = rigl.srigl.neuron_counts(mask, updater.layouts[target.name][1])
+        assert len(set(fan_in.tolist())) == 1, target.name
+        assert fan_in.sum() == updater.budgets[target.name] // fan_in.size * fan_in.size
+
+
+def test_srigl_refuses_an_einsum_kernel_with_a_per_head_axis():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 8))  # (heads, features): each head its own (8, 4) matrix
+    x = keras.layers.EinsumDense("bhd,hde->bhe", (3, 4), name="per_head")(inp)
+    out = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x))
+    sparse = sparsify_quietly(keras.Model(inp, out), 0.5)
+    with pytest.raises(ValueError, match="'per_head/kernel' belongs to a EinsumDense; SRigL"):
+        rigl.SRigL(update_freq=2).bind(sparse)
+
+
+def test_units_without_inputs_of_an_einsum_kernel_count_its_output_units():
+    sparse = sparsify_quietly(light_model(), 0.0)
+    target = {t.name: t for t in rigl.masked_weights(sparse)}["proj/kernel"]  # (12, 3, 4)
+    mask = np.ones((12, 3, 4), bool)
+    mask[:, 1, 2] = False  # head 1, dim 2 loses every input
+    target.mask.assign(mask)
+    assert rigl.masking.units_without_inputs(sparse)["proj/kernel"] == 1
+    rows, columns = rigl.masking.connected_units(target)
+    assert rows.size == 12 and columns.size == 12
+
+
+def test_einsum_roles_name_each_kernel_axis():
+    assert rigl.kernels.einsum_roles("btd,dhe->bthe", (12, 3, 4)) == ("in", "out", "out")
+    assert rigl.kernels.einsum_roles("bhd,hde->bhe", (3, 8, 4)) == ("shared", "in", "out")
+    assert rigl.kernels.einsum_roles("btnh,nhd->btd", (2, 4, 8)) == ("in", "in", "out")
+    with pytest.raises(ValueError, match="equation: cannot read"):
+        rigl.kernels.einsum_roles("ab->b", (2,))
 
 
 MIRRORED_SCRIPT = """
