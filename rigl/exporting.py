@@ -413,6 +413,7 @@ def export(model, path: str, format: str = "saved_model", representation="auto",
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}.")
     if not isinstance(model, keras.Model):
         raise ValueError(f"model: expected a keras.Model, got {type(model).__name__}.")
+    refuse_wrapped(model, "rigl.export")
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"path: {path!r} exists; choose another or pass overwrite=True.")
     sparse = any(_is_sparse(layer) for layer in walk_layers(model))

@@ -353,6 +353,7 @@ def test_summary_lists_sparse_and_dense_kernels():
 
 def test_to_sparse_and_export_refuse_a_wrapped_model_naming_strip(tmp_path):
     sparse = rigl.sparsify(light_model(), 0.5)
+    warnings.simplefilter("error")  # refused first: no "never sparsified" warning
     for action, call in (("rigl.to_sparse", rigl.to_sparse),
                          ("rigl.export", lambda m: rigl.export(m, str(tmp_path / "out")))):
         with pytest.raises(ValueError, match=rf"model: {action} does not take a "
