@@ -3,7 +3,7 @@
 # e.g. `bash scripts/test.sh -m slow` for the long experiments, or
 # `bash scripts/test.sh tests/test_masking.py` for one file.
 #
-# The whole suite takes 15-30 minutes on a quiet 2-core machine, by the host (README, Tests); it ends by printing
+# The whole suite takes 15-40 minutes on a quiet 2-core machine, by the host (README, Tests); it ends by printing
 # its wall time (`--durations=15` also lists the slowest tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
