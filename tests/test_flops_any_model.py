@@ -194,7 +194,7 @@ def test_a_shared_layer_counts_every_call_and_keeps_its_graph_name():
 
 def test_subclassed_model_needs_an_example_batch():
     keras.utils.set_random_seed(0)
-    model = Subclassed()
+    model = Subclassed(name="subclassed")  # not auto-numbered: other tests build one too
     model(np.zeros((2, 6), "float32"))
     with pytest.raises(ValueError, match="inputs: the input shape of Subclassed 'subclassed' "
                                          "is not known.*inputs="):
