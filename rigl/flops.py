@@ -388,7 +388,6 @@ _CELLS = {keras.layers.GRUCell: "GRU", keras.layers.LSTMCell: "LSTM",
           keras.layers.SimpleRNNCell: "SimpleRNN"}
 _COUNTED_KINDS = (keras.layers.EinsumDense, keras.layers.Dense, *_TRANSPOSE, *_DEPTHWISE,
                   *_SEPARABLE, *_CONV, *_CELLS)
-_KERNEL_NAMES = {"kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel"}
 # Layers the graph counting (``_layer_specs``) reads from their inbound node.
 _GRAPH_KINDS = (keras.layers.Dense, SparseDense, keras.layers.Conv2D,
                 keras.layers.DepthwiseConv2D, keras.layers.GRU)
@@ -427,7 +426,8 @@ def _counted_kernels(model) -> list[_Counted]:
     counted = []
     for kernel in kernels.all_kernels(model):
         layer = kernel.layer
-        if not isinstance(layer, _COUNTED_KINDS) or kernel.variable.name not in _KERNEL_NAMES:
+        if (not isinstance(layer, _COUNTED_KINDS)
+                or kernel.variable.name not in kernels.KERNEL_NAMES):
             continue
         called = layer
         if isinstance(layer, tuple(_CELLS)) and len(kernel.owners) > 1 and isinstance(

@@ -48,7 +48,8 @@ import re
 
 import keras
 
-_KERNEL_NAMES = {"kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel"}
+# The names Keras gives the weight matrices of its layers.
+KERNEL_NAMES = {"kernel", "recurrent_kernel", "depthwise_kernel", "pointwise_kernel"}
 _CONV_KINDS = (
     keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
     keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
@@ -134,19 +135,31 @@ def einsum_roles(equation: str, shape: tuple[int, ...]) -> tuple[str, ...]:
                   (False, False): "own"}[(axis in inputs, axis in outputs)] for axis in kernel)
 
 
+def einsum_matrix(equation: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(contracted, output)`` sizes of an ``EinsumDense`` kernel of ``shape`` whose
+    contracted axes lead and output axes follow, so that ``kernel.reshape(contracted,
+    output)`` is its matrix of inputs × output units; None for any other axis order or role
+    (a per-head axis)."""
+    roles = einsum_roles(equation, shape)
+    leading = roles.count("in")
+    if not 0 < leading < len(roles) or roles != ("in",) * leading + ("out",) * (
+            len(roles) - leading):
+        return None
+    return math.prod(shape[:leading]), math.prod(shape[leading:])
+
+
 def matrix_layout(layer, shape) -> tuple[int, int]:
     """``(rows, columns)`` of a kernel of ``shape`` owned by ``layer`` read as a matrix of
-    inputs × output units, ``kernel.reshape(rows, columns)``: for an ``EinsumDense`` whose
-    contracted axes lead and output axes follow, (contracted, output) axes (a query projection
-    ``(d_model, heads, head_dim)`` is ``(d_model, heads·head_dim)``); for any other kernel
-    every axis but the last, and the last (a Dense layer's neurons, a convolution's filters,
-    an RNN's gate units, an EinsumDense's last axis where its axes are in another order)."""
+    inputs × output units, ``kernel.reshape(rows, columns)``: an ``EinsumDense``'s
+    ``einsum_matrix`` where it has one (a query projection ``(d_model, heads, head_dim)`` is
+    ``(d_model, heads·head_dim)``); for any other kernel every axis but the last, and the
+    last (a Dense layer's neurons, a convolution's filters, an RNN's gate units, an
+    EinsumDense's last axis where its axes are in another order)."""
     shape = tuple(int(d) for d in shape)
     if isinstance(layer, keras.layers.EinsumDense):
-        roles = einsum_roles(layer.equation, shape)
-        leading = next((i for i, role in enumerate(roles) if role != "in"), len(roles))
-        if 0 < leading < len(roles) and all(role == "out" for role in roles[leading:]):
-            return math.prod(shape[:leading]), math.prod(shape[leading:])
+        matrix = einsum_matrix(layer.equation, shape)
+        if matrix is not None:
+            return matrix
     return math.prod(shape[:-1]), shape[-1]
 
 
@@ -162,7 +175,7 @@ def all_kernels(model) -> list[Kernel]:
                     or variable.name in _NOT_KERNELS or variable.name.endswith("_bias")):
                 continue
             seen.add(id(variable))
-            default = isinstance(layer, DEFAULT_KINDS) and variable.name in _KERNEL_NAMES
+            default = isinstance(layer, DEFAULT_KINDS) and variable.name in KERNEL_NAMES
             found.append(Kernel(variable.path, variable, layer, default, owners[1:]))
         for sublayer in layer._flatten_layers(include_self=False, recursive=False):
             visit(sublayer, owners)

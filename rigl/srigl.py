@@ -101,12 +101,7 @@ def neuron_layout(layer, shape) -> tuple[int, int] | None:
     output ones (a per-head axis)."""
     shape = tuple(int(d) for d in shape)
     if isinstance(layer, keras.layers.EinsumDense):
-        roles = kernels.einsum_roles(layer.equation, shape)
-        leading = roles.count("in")
-        if not 0 < leading < len(roles) or roles != ("in",) * leading + ("out",) * (
-                len(roles) - leading):
-            return None
-        return kernels.matrix_layout(layer, shape)
+        return kernels.einsum_matrix(layer.equation, shape)
     if isinstance(layer, SUPPORTED_LAYERS) and len(shape) in (2, 3, 4, 5):
         return kernels.matrix_layout(layer, shape)
     return None
