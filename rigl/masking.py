@@ -97,9 +97,31 @@ def connected_units(weight) -> tuple[np.ndarray, np.ndarray]:
         rows, cols, _ = weight.connections()
         n_in, n_out = weight.kernel_shape
         return np.bincount(rows, minlength=n_in) > 0, np.bincount(cols, minlength=n_out) > 0
-    mask = keras.ops.convert_to_numpy(weight.mask) != 0
-    matrix = mask.reshape(kernels.matrix_layout(getattr(weight, "layer", None), mask.shape))
+    matrix = _as_matrix(weight, weight.mask) != 0
     return matrix.any(axis=1), matrix.any(axis=0)
+
+
+def unit_inputs(weight) -> tuple[np.ndarray, np.ndarray]:
+    """For one sparse kernel (masked, or a ``SparseDense``) read as inputs × output units
+    (as ``connected_units``), each output unit's number of active inputs (its fan-in, which
+    SRigL holds constant) and the mean |w| over those inputs (0 for a unit with none): two
+    vectors over the output units; O(nnz) for a ``SparseDense``."""
+    if isinstance(weight, SparseDense):
+        _, cols, values = weight.connections()
+        n_out = weight.kernel_shape[1]
+        counts = np.bincount(cols, minlength=n_out)
+        total = np.bincount(cols, weights=np.abs(values), minlength=n_out)
+    else:
+        active = _as_matrix(weight, weight.mask) != 0
+        kernel = _as_matrix(weight, weight.masked_kernel)
+        counts = active.sum(axis=0)
+        total = np.where(active, np.abs(kernel), 0.0).sum(axis=0)
+    return counts.astype(np.int64), total / np.maximum(counts, 1)
+
+
+def _as_matrix(weight: MaskedWeight, variable) -> np.ndarray:
+    value = keras.ops.convert_to_numpy(variable)
+    return value.reshape(kernels.matrix_layout(getattr(weight, "layer", None), value.shape))
 
 
 def units_without_inputs(model) -> dict[str, int]:
