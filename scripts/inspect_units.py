@@ -52,13 +52,13 @@ def report(model, layer: str | None = None) -> list[str]:
                          f"kernels are {sorted(weights)}.")
     lines = ["kernel: units, without inputs; live units' active inputs and mean |w| "
              "(min / median / max)"]
-    for name, weight in weights.items():
-        counts, mean_abs = rigl.masking.unit_inputs(weight)
+    units = {name: rigl.masking.unit_inputs(weight) for name, weight in weights.items()}
+    for name, (counts, mean_abs) in units.items():
         live = counts > 0
         lines.append(f"{name}: {counts.size} units, {int((~live).sum())} without inputs; "
                      f"inputs {_spread(counts[live])}, mean |w| {_spread(mean_abs[live])}")
     if layer is not None:
-        counts, mean_abs = rigl.masking.unit_inputs(weights[layer])
+        counts, mean_abs = units[layer]
         lines.append(f"{layer}, live units (unit: active inputs, mean |w|):")
         order = sorted((int(c), float(m), unit) for unit, (c, m)
                        in enumerate(zip(counts, mean_abs)) if c)
